@@ -1,0 +1,198 @@
+"""The district configuration (YAML in the config folder), validated by pydantic models.
+
+A bad file raises ConfigError naming the file, the field path and the reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from scheduler.exceptions import ConfigError, UnknownName
+
+DISTRICT_FILE = "district.yaml"
+
+Residence = Literal["registered", "migrant"]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Village(Frozen):
+    id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    population: int = Field(ge=0)
+    registered: int | None = Field(None, ge=0)
+    migrant: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _split_adds_up(self) -> Village:
+        if (self.registered is None) != (self.migrant is None):
+            raise ValueError("give both registered and migrant, or neither")
+        if (
+            self.registered is not None
+            and self.migrant is not None
+            and self.registered + self.migrant != self.population
+        ):
+            raise ValueError(
+                f"registered {self.registered} + migrant {self.migrant} "
+                f"!= population {self.population}"
+            )
+        return self
+
+
+class Town(Frozen):
+    id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    population: int = Field(ge=0)
+    households: int = Field(ge=0)
+    villages: tuple[Village, ...] = ()
+
+    @model_validator(mode="after")
+    def _villages_fit(self) -> Town:
+        ids = [v.id for v in self.villages]
+        if len(ids) != len(set(ids)):
+            raise ValueError("village ids must be unique within a town")
+        total = sum(v.population for v in self.villages)
+        if total > self.population:
+            raise ValueError(f"villages' population {total} exceeds the town's {self.population}")
+        return self
+
+
+class Carrier(Frozen):
+    id: Literal["mobile", "unicom", "telecom", "broadnet"]
+    name: str
+    subscribers: int = Field(ge=0)
+
+
+class Survey(Frozen):
+    """The provincial survey the messages announce (001: household 1–15 Nov, phone to 31 Dec)."""
+
+    hotline: str = "0571-12340"
+    household_start: dt.date
+    household_end: dt.date
+    phone_start: dt.date
+    phone_end: dt.date
+
+
+class DistrictInfo(Frozen):
+    id: str
+    name: str
+    short_name: str
+    office: str
+    signature: str = Field(pattern=r"^【[^】]+】$")
+    opt_out: str = Field(min_length=1)
+    survey: Survey
+
+
+class District(Frozen):
+    district: DistrictInfo
+    towns: tuple[Town, ...] = Field(min_length=1)
+    carriers: tuple[Carrier, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> District:
+        for label, ids in (
+            ("town", [t.id for t in self.towns]),
+            ("carrier", [str(c.id) for c in self.carriers]),
+        ):
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                raise ValueError(f"duplicate {label} ids: {', '.join(dupes)}")
+        return self
+
+    @cached_property
+    def towns_by_id(self) -> dict[str, Town]:
+        return {t.id: t for t in self.towns}
+
+    @cached_property
+    def _town_keys(self) -> dict[str, Town]:
+        keys: dict[str, Town] = {}
+        for t in self.towns:
+            keys[t.id] = t
+            keys.setdefault(t.name, t)
+        return keys
+
+    @cached_property
+    def _village_keys(self) -> dict[tuple[str, str], Village]:
+        keys: dict[tuple[str, str], Village] = {}
+        for t in self.towns:
+            for v in t.villages:
+                keys[(t.id, v.id)] = v
+                keys.setdefault((t.id, v.name), v)
+        return keys
+
+    def find_town(self, key: str) -> Town:
+        """A town by id or name."""
+        try:
+            return self._town_keys[key.strip()]
+        except KeyError:
+            raise UnknownName(f"unknown town {key!r}") from None
+
+    def find_village(self, town: Town, key: str) -> Village:
+        """A village of `town` by id or name."""
+        try:
+            return self._village_keys[(town.id, key.strip())]
+        except KeyError:
+            raise UnknownName(f"unknown village {key!r} in town {town.id}") from None
+
+    def villages(self) -> Iterator[tuple[Town, Village]]:
+        for t in self.towns:
+            for v in t.villages:
+                yield t, v
+
+    @property
+    def population(self) -> int:
+        return sum(t.population for t in self.towns)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, "file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, f"not UTF-8: {exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(path, f"{where}{getattr(exc, 'problem', exc)}") from None
+
+
+def validation_problems(exc: ValidationError) -> list[str]:
+    """Pydantic errors as `field.path: reason` lines, the path as an operator reads it."""
+    problems = []
+    for err in exc.errors():
+        parts: list[str] = []
+        for loc in err["loc"]:
+            if isinstance(loc, int):
+                parts.append(f"[{loc}]")
+            else:
+                parts.append(("." if parts else "") + str(loc))
+        where = "".join(parts) or "(top level)"
+        problems.append(f"{where}: {err['msg']}")
+    return problems
+
+
+def parse_model(path: Path, model: type[M], data: Any) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(path, validation_problems(exc)) from None
+
+
+def load_district(config_dir: Path) -> District:
+    path = config_dir / DISTRICT_FILE
+    return parse_model(path, District, read_yaml(path))

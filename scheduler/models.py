@@ -1,0 +1,279 @@
+"""SQLAlchemy models: the whole schema, one table per concept. Alembic migrations follow these."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite has no BIGINT autoincrement; INTEGER PRIMARY KEY is its 64-bit rowid.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Aware datetimes in, aware UTC out; stored naive UTC so SQLite and PostgreSQL agree."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        return value.replace(tzinfo=dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class OccurrenceState(enum.StrEnum):
+    EXPANDING = "expanding"
+    READY = "ready"
+    SENDING = "sending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class MessageState(enum.StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    UNDELIVERED = "undelivered"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    CANCELLED = "cancelled"
+
+
+def _enum(cls: type[enum.Enum], name: str) -> Enum:
+    # Stored as plain strings (no native enum type) so adding a state needs no type migration.
+    return Enum(cls, name=name, native_enum=False, length=16, values_callable=_values)
+
+
+def _values(cls: type[enum.Enum]) -> list[str]:
+    return [str(m.value) for m in cls]
+
+
+class Recipient(Base):
+    __tablename__ = "recipients"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    phone: Mapped[str] = mapped_column(String(11), unique=True)
+    name: Mapped[str | None] = mapped_column(String(64))
+    town_id: Mapped[str] = mapped_column(String(64))
+    village_id: Mapped[str] = mapped_column(String(64))
+    household: Mapped[str | None] = mapped_column(String(64))
+    carrier: Mapped[str] = mapped_column(String(16))
+    residence: Mapped[str | None] = mapped_column(String(16))
+    # ';'-joined, with leading and trailing ';' so `LIKE '%;student;%'` finds a segment.
+    segments: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_recipients_town_village", "town_id", "village_id"),)
+
+
+class OptOut(Base):
+    """Residents who refused messages; kept whatever later imports say."""
+
+    __tablename__ = "opt_outs"
+
+    phone: Mapped[str] = mapped_column(String(11), primary_key=True)
+    source: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class Occurrence(Base):
+    """One firing of a campaign at one scheduled time; the key forbids firing it twice."""
+
+    __tablename__ = "occurrences"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    campaign: Mapped[str] = mapped_column(String(128))
+    scheduled_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(String(16), default="scheduled")
+    # For alert and top-up occurrences: the village or town aimed at, and the size asked for.
+    target: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    channel: Mapped[str] = mapped_column(String(8), default="sms")
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[OccurrenceState] = mapped_column(
+        _enum(OccurrenceState, "occurrence_state"), default=OccurrenceState.EXPANDING
+    )
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    queued: Mapped[int] = mapped_column(Integer, default=0)
+    excluded: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    # The last recipient id written, so a killed expansion resumes after it.
+    cursor: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    expanded_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("campaign", "scheduled_at"),)
+
+
+class MessageBody(Base):
+    """A rendered text shared by every message that carries it (once per town, say)."""
+
+    __tablename__ = "message_bodies"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    text: Mapped[str] = mapped_column(Text)
+    template_name: Mapped[str] = mapped_column(String(128))
+    template_hash: Mapped[str] = mapped_column(String(64))
+    chars: Mapped[int] = mapped_column(Integer)
+    segments: Mapped[int] = mapped_column(Integer)
+
+
+class Message(Base):
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    occurrence_id: Mapped[int] = mapped_column(ForeignKey("occurrences.id"))
+    recipient_id: Mapped[int] = mapped_column(BigInteger)
+    phone: Mapped[str] = mapped_column(String(11))
+    town_id: Mapped[str] = mapped_column(String(64))
+    village_id: Mapped[str] = mapped_column(String(64))
+    carrier: Mapped[str] = mapped_column(String(16))
+    body_id: Mapped[int] = mapped_column(ForeignKey("message_bodies.id"))
+    segments: Mapped[int] = mapped_column(Integer)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[MessageState] = mapped_column(
+        _enum(MessageState, "message_state"), default=MessageState.QUEUED
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    provider: Mapped[str | None] = mapped_column(String(16))
+    provider_message_id: Mapped[str | None] = mapped_column(String(64))
+    error_code: Mapped[str | None] = mapped_column(String(16))
+    queued_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    # When the message went to the provider; its local day is the day quotas count it on.
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    status_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("occurrence_id", "recipient_id"),
+        Index("ix_messages_state_next", "state", "next_attempt_at"),
+        Index("ix_messages_recipient_queued", "recipient_id", "queued_at"),
+        Index("ix_messages_provider_message_id", "provider_message_id"),
+        Index("ix_messages_sent_town", "sent_at", "town_id"),
+    )
+
+
+class Attempt(Base):
+    """Every call to a provider, whatever came of it."""
+
+    __tablename__ = "attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    message_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    attempted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    outcome: Mapped[str] = mapped_column(String(16))
+    error_code: Mapped[str | None] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class SendCounter(Base):
+    """Messages sent and delivered per local day, town, village and carrier.
+
+    Updated in the same transaction as the message, so quota queries sum a few thousand rows
+    instead of scanning millions of messages.
+    """
+
+    __tablename__ = "send_counters"
+
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    town_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    village_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    carrier: Mapped[str] = mapped_column(String(16), primary_key=True)
+    sent: Mapped[int] = mapped_column(BigInteger, default=0)
+    delivered: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class FraudCase(Base):
+    __tablename__ = "fraud_cases"
+
+    case_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    amount_yuan: Mapped[int] = mapped_column(BigInteger)
+    fraud_type: Mapped[str] = mapped_column(String(64))
+    place: Mapped[str | None] = mapped_column(String(255))
+    town_id: Mapped[str] = mapped_column(String(64))
+    village_id: Mapped[str] = mapped_column(String(64))
+    imported_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class SchedulerLock(Base):
+    """On SQLite, the row that makes one `pingan run` the active scheduler."""
+
+    __tablename__ = "scheduler_lock"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class Activity(Base):
+    """The monthly report's manual columns, per town and month (YYYY-MM)."""
+
+    __tablename__ = "activities"
+
+    town_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    households_visited: Mapped[int] = mapped_column(Integer, default=0)
+    leaflets: Mapped[int] = mapped_column(Integer, default=0)
+    banners: Mapped[int] = mapped_column(Integer, default=0)
+    boards: Mapped[int] = mapped_column(Integer, default=0)
+    wechat_posts: Mapped[int] = mapped_column(Integer, default=0)
+    questionnaires: Mapped[int] = mapped_column(Integer, default=0)
+    volunteer_activities: Mapped[int] = mapped_column(Integer, default=0)
+    other: Mapped[str] = mapped_column(Text, default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class FiledReport(Base):
+    """A monthly report once filed: its activities can no longer be edited."""
+
+    __tablename__ = "filed_reports"
+
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    filed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    path: Mapped[str] = mapped_column(Text)

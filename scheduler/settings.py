@@ -1,0 +1,173 @@
+"""The one settings object: environment (PINGAN_*, nested with __), then `.env`, then defaults."""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from scheduler.exceptions import SettingsError
+
+
+class TwilioSettings(BaseModel):
+    account_sid: str = ""
+    auth_token: SecretStr = SecretStr("")
+    messaging_service_sid: str = ""
+    from_number: str = ""
+    # Tests and benchmarks only: point the official client at a fake server on 127.0.0.1.
+    base_url: str = ""
+    timeout_seconds: float = 10.0
+
+
+class DryRunSettings(BaseModel):
+    """The dry-run provider writes JSON lines and simulates delivery, so nothing needs an account."""
+
+    log_file: Path | None = None
+    show_numbers: bool = False
+    delivered_share: float = Field(0.97, ge=0, le=1)
+    undelivered_share: float = Field(0.02, ge=0, le=1)
+    failed_share: float = Field(0.01, ge=0, le=1)
+    # Per-carrier overrides of delivered_share, e.g. {"unicom": 0.9}.
+    delivered_share_by_carrier: dict[str, float] = Field(default_factory=dict)
+    seed: int | None = None
+
+
+class DispatchSettings(BaseModel):
+    batch_size: int = Field(500, ge=1)
+    concurrency: int = Field(16, ge=1)
+    rate_per_second: float = Field(200.0, gt=0)
+    # Per-carrier segment rate limits, e.g. {"mobile": 100}; carriers not named are unlimited.
+    segment_rate_by_carrier: dict[str, float] = Field(default_factory=dict)
+    max_attempts: int = Field(5, ge=1)
+    backoff_base_seconds: float = Field(2.0, ge=0)
+    backoff_max_seconds: float = Field(300.0, ge=0)
+    poll_seconds: float = Field(2.0, ge=0)
+
+
+class AlertSettings(BaseModel):
+    """The must-reach rules of the case seed (三必讲)."""
+
+    single_loss_yuan: int = 100_000
+    case_count: int = 3
+    period_days: int = 7
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PINGAN_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    data_dir: Path = Path("var")
+    database_url: str = ""
+    config_dir: Path = Path("config")
+    templates_dir: Path = Path("templates/messages")
+    reports_dir: Path | None = None
+    timezone: str = "Asia/Shanghai"
+    provider: Literal["dryrun", "twilio"] = "dryrun"
+    log_format: Literal["auto", "pretty", "json"] = "auto"
+    log_level: str = "INFO"
+
+    sending_hours: str = "08:00-20:00"
+    weekly_cap: int = Field(2, ge=0)
+    max_sms_segments: int = Field(2, ge=1)
+    misfire_grace_hours: float = Field(24.0, ge=0)
+    report_due_day: int = Field(25, ge=1, le=28)
+    quota_check: str = "thu 10:00"
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    public_base_url: str = "http://127.0.0.1:8080"
+    opt_out_keywords: list[str] = Field(
+        default_factory=lambda: ["退订", "TD", "T", "R", "STOP", "UNSUBSCRIBE", "取消", "拒收"]
+    )
+
+    twilio: TwilioSettings = Field(default_factory=TwilioSettings)
+    dryrun: DryRunSettings = Field(default_factory=DryRunSettings)
+    dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("sending_hours")
+    @classmethod
+    def _hours(cls, value: str) -> str:
+        parse_hours(value)
+        return value
+
+    @cached_property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @cached_property
+    def allowed_hours(self) -> tuple[dt.time, dt.time]:
+        return parse_hours(self.sending_hours)
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'pingan.db').as_posix()}"
+
+    @property
+    def effective_reports_dir(self) -> Path:
+        return self.reports_dir or self.data_dir / "reports"
+
+    @property
+    def dryrun_log_file(self) -> Path:
+        return self.dryrun.log_file or self.data_dir / "dryrun-sent.jsonl"
+
+    def public_view(self) -> dict[str, Any]:
+        """The effective settings with secrets hidden, for `pingan settings`."""
+        data = self.model_dump(mode="json")
+        data["effective_database_url"] = _hide_password(self.effective_database_url)
+        data["database_url"] = _hide_password(self.database_url)
+        return data
+
+
+def parse_hours(value: str) -> tuple[dt.time, dt.time]:
+    try:
+        start_s, end_s = value.split("-")
+        start = dt.time.fromisoformat(start_s.strip())
+        end = dt.time.fromisoformat(end_s.strip())
+    except ValueError as exc:
+        raise ValueError(f"sending hours must look like 08:00-20:00, got {value!r}") from exc
+    if not start < end:
+        raise ValueError(f"sending hours must start before they end, got {value!r}")
+    return start, end
+
+
+def _hide_password(url: str) -> str:
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build and validate settings at start-up, turning pydantic errors into one clear message."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"PINGAN_{'__'.join(str(p).upper() for p in err['loc'])}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from exc
