@@ -2,6 +2,238 @@
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
+import enum
+import sys
+from typing import Any
+
 import typer
+from rich.console import Console
+
+from scheduler import quotas as q
+from scheduler.cli.common import console, core, print_json, table
 
 app = typer.Typer(help="Quotas: targets and attainment.", no_args_is_help=True)
+
+
+class QuotaFormat(enum.StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+class By(enum.StrEnum):
+    town = "town"
+    village = "village"
+    carrier = "carrier"
+
+
+FORMAT = typer.Option(QuotaFormat.table, "--format", "-f", help="table, json or csv.")
+RULE = typer.Option(None, "--rule", "-r", help="A rule id from config/quotas.yaml.")
+
+_STATUS_MARK = {"met": "met ✓", "on_track": "on track", "behind": "behind ✗"}
+
+
+def _out() -> Console:
+    """Wide tables stay whole when piped (rich would fold them to 80 columns)."""
+    return console if console.is_terminal else Console(width=200)
+
+
+def _write_csv(header: list[str], rows: list[list[Any]]) -> None:
+    w = csv.writer(sys.stdout, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    sys.stdout.flush()
+
+
+@app.command("targets")
+def targets_cmd(ctx: typer.Context, rule: str | None = RULE, fmt: QuotaFormat = FORMAT) -> None:
+    """The target table of each rule (or one): base × share rounded half up, total row from
+    the total base."""
+    c = core(ctx)
+    rules = q.load_rules(c.settings.config_dir, c.district)
+    chosen = [q.find_rule(rules, rule)] if rule else rules
+    tables = [q.targets(r, c.district) for r in chosen]
+    if fmt is QuotaFormat.json:
+        print_json([t.to_dict() for t in tables])
+        return
+    if fmt is QuotaFormat.csv:
+        header = ["rule", "subject", "name", "base", *[col.label for col in tables[0].columns]]
+        if len(tables) > 1:
+            header = ["rule", "subject", "name", "base", "column", "share", "target"]
+        rows: list[list[Any]] = []
+        for t in tables:
+            for r in (*t.rows, t.total):
+                key = r.subject.key if r.subject else ""
+                if len(tables) == 1:
+                    rows.append([t.rule.id, key, r.name, r.base, *r.targets])
+                else:
+                    rows.extend(
+                        [t.rule.id, key, r.name, r.base, col.label, str(col.share), v]
+                        for col, v in zip(t.columns, r.targets, strict=True)
+                    )
+        _write_csv(header, rows)
+        return
+    if not tables:
+        console.print("no quota rules configured")
+    for t in tables:
+        title = (
+            f"{t.rule.id}: {t.rule.name}\n{t.rule.subject} · {t.rule.measure_label} · "
+            f"{t.rule.start}..{t.rule.end}"
+        )
+        rows = [
+            [r.subject.key if r.subject else "", r.name, r.base, *r.targets]
+            for r in (*t.rows, t.total)
+        ]
+        _out().print(
+            table(title, ["subject", "name", t.rule.base, *[col.label for col in t.columns]], rows)
+        )
+
+
+def _parse_day(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"a date looks like 2022-10-12, got {value!r}") from None
+
+
+@app.command("status")
+def status_cmd(
+    ctx: typer.Context,
+    rule: str | None = RULE,
+    week: str | None = typer.Option(None, "--week", help="An ISO week, e.g. 2022-W41."),
+    month: str | None = typer.Option(None, "--month", help="A month, e.g. 2022-10."),
+    on: str | None = typer.Option(
+        None, "--on", help="The window of each rule containing this date (default: today)."
+    ),
+    by: By | None = typer.Option(None, "--by", help="Count by town, village or carrier."),
+    bottom: int = typer.Option(
+        0, "--bottom", min=0, help="Also mark the bottom N not yet met as laggards."
+    ),
+    fmt: QuotaFormat = FORMAT,
+) -> None:
+    """Attainment of each rule in its window: one row per subject, ranked, laggards marked."""
+    if sum(x is not None for x in (week, month, on)) > 1:
+        raise typer.BadParameter("give at most one of --week, --month, --on")
+    c = core(ctx)
+    tz = c.settings.tz
+    now = dt.datetime.now(dt.UTC)
+    rules = q.load_rules(c.settings.config_dir, c.district)
+    chosen = [q.find_rule(rules, rule)] if rule else rules
+    if by is not None:
+        kind: q.SubjectKind = by.value
+        # One rule named: count it at that grain; otherwise: the rules of that subject.
+        chosen = [r.as_subject(kind) if rule else r for r in chosen if rule or r.subject == kind]
+
+    label: str | None = None
+    day: dt.date | None = None
+    try:
+        if week:
+            label = q.week_window(q.parse_week(week)).label
+        elif month:
+            label = f"{q.parse_month(month):%Y-%m}"
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if label is None:
+        day = _parse_day(on) if on else now.astimezone(tz).date()
+
+    pairs = q.select_windows(chosen, day=day, label=label)
+    results = [
+        (st.rule, st.window, st.rows)
+        for st in q.status(c.engine, pairs, c.district, now=now, tz=tz, bottom=bottom)
+    ]
+    if fmt is QuotaFormat.json:
+        print_json([q.RuleStatus(r, w, rows).to_dict() for r, w, rows in results])
+        return
+    if fmt is QuotaFormat.csv:
+        _write_csv(
+            [
+                "rule",
+                "window",
+                "measure",
+                "rank",
+                "subject",
+                "name",
+                "base",
+                "target",
+                "actual",
+                "attainment_pct",
+                "shortfall",
+                "expected",
+                "pace_pct",
+                "projected",
+                "status",
+                "laggard",
+            ],
+            [
+                [
+                    r.id,
+                    w.label,
+                    r.measure,
+                    row.rank,
+                    row.subject.key,
+                    row.subject.name,
+                    row.base,
+                    row.target,
+                    row.actual,
+                    row.attainment,
+                    row.shortfall,
+                    row.expected,
+                    "" if row.pace is None else row.pace,
+                    "" if row.projected is None else row.projected,
+                    row.status,
+                    int(row.laggard),
+                ]
+                for r, w, rows in results
+                for row in rows
+            ],
+        )
+        return
+    if not results:
+        where = label or (day.isoformat() if day else "")
+        console.print(f"no quota rule has a window at {where}")
+        return
+    for r, w, rows in results:
+        title = (
+            f"{r.id} · {w.label} ({w.start}..{w.end})\ncounts {r.measure_label} "
+            f"against {q.share_label(r.final_share)} of {r.base}"
+        )
+        _out().print(
+            table(
+                title,
+                [
+                    "#",
+                    r.subject,
+                    "name",
+                    r.base,
+                    "target",
+                    "actual",
+                    "attain %",
+                    "short",
+                    "due now",
+                    "pace %",
+                    "projected",
+                    "status",
+                    "",
+                ],
+                [
+                    [
+                        row.rank,
+                        row.subject.key,
+                        row.subject.name,
+                        row.base,
+                        row.target,
+                        row.actual,
+                        row.attainment,
+                        row.shortfall,
+                        row.expected,
+                        row.pace,
+                        row.projected,
+                        _STATUS_MARK[row.status],
+                        "laggard" if row.laggard else "",
+                    ]
+                    for row in rows
+                ],
+            )
+        )

@@ -1,0 +1,103 @@
+"""The counts quotas are measured by.
+
+Messages sent and delivered come from `send_counters` (a sum over days × subjects rows, fast
+however large the message table grows); people reached are distinct recipients, which counters
+cannot add up, so they are counted from `messages` over the `sent_at` index.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from sqlalchemy import Engine, func, select
+
+from scheduler.models import Message, Recipient, SendCounter
+
+By = Literal["town", "village", "carrier"]
+
+
+def _group(table: Any, by: By) -> list[Any]:
+    if by == "town":
+        return [table.town_id]
+    if by == "village":
+        return [table.town_id, table.village_id]
+    return [table.carrier]
+
+
+def sum_counters(
+    engine: Engine,
+    *,
+    first_day: dt.date,
+    last_day: dt.date,
+    by: By,
+    towns: Sequence[str] | None = None,
+) -> dict[tuple[str, ...], tuple[int, int]]:
+    """(sent, delivered) per subject over local days first_day..last_day, both included.
+    Keys: (town_id,), (town_id, village_id) or (carrier,)."""
+    cols = _group(SendCounter, by)
+    stmt = (
+        select(*cols, func.sum(SendCounter.sent), func.sum(SendCounter.delivered))
+        .where(SendCounter.day >= first_day, SendCounter.day <= last_day)
+        .group_by(*cols)
+    )
+    if towns:
+        stmt = stmt.where(SendCounter.town_id.in_(list(towns)))
+    with engine.connect() as conn:
+        return {
+            tuple(row[: len(cols)]): (int(row[-2] or 0), int(row[-1] or 0))
+            for row in conn.execute(stmt)
+        }
+
+
+def counter_days(
+    engine: Engine,
+    *,
+    first_day: dt.date,
+    last_day: dt.date,
+    by: By,
+    towns: Sequence[str] | None = None,
+) -> dict[tuple[str, ...], dict[dt.date, tuple[int, int]]]:
+    """(sent, delivered) per subject and local day: for charts of sends against targets."""
+    cols = _group(SendCounter, by)
+    stmt = (
+        select(*cols, SendCounter.day, func.sum(SendCounter.sent), func.sum(SendCounter.delivered))
+        .where(SendCounter.day >= first_day, SendCounter.day <= last_day)
+        .group_by(*cols, SendCounter.day)
+    )
+    if towns:
+        stmt = stmt.where(SendCounter.town_id.in_(list(towns)))
+    out: dict[tuple[str, ...], dict[dt.date, tuple[int, int]]] = {}
+    with engine.connect() as conn:
+        for row in conn.execute(stmt):
+            key = tuple(row[: len(cols)])
+            out.setdefault(key, {})[row[len(cols)]] = (int(row[-2] or 0), int(row[-1] or 0))
+    return out
+
+
+def people_reached(
+    engine: Engine,
+    *,
+    start: dt.datetime,
+    end: dt.datetime,
+    by: By,
+    towns: Sequence[str] | None = None,
+    by_residence: bool = False,
+) -> dict[tuple[str, ...], int]:
+    """Distinct recipients sent at least one message in [start, end) (aware instants), per
+    subject. With by_residence the key gains the recipient's residence type (registered or
+    migrant; recipients without one are left out)."""
+    cols = _group(Message, by)
+    stmt = select(*cols).where(Message.sent_at >= start, Message.sent_at < end)
+    if by_residence:
+        stmt = stmt.join(Recipient, Recipient.id == Message.recipient_id).where(
+            Recipient.residence.is_not(None)
+        )
+        cols = [*cols, Recipient.residence]
+        stmt = stmt.add_columns(Recipient.residence)
+    stmt = stmt.add_columns(func.count(Message.recipient_id.distinct())).group_by(*cols)
+    if towns:
+        stmt = stmt.where(Message.town_id.in_(list(towns)))
+    with engine.connect() as conn:
+        return {tuple(row[: len(cols)]): int(row[-1]) for row in conn.execute(stmt)}
