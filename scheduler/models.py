@@ -174,7 +174,8 @@ class Message(Base):
     carrier: Mapped[str] = mapped_column(String(16))
     body_id: Mapped[int] = mapped_column(ForeignKey("message_bodies.id"))
     segments: Mapped[int] = mapped_column(Integer)
-    priority: Mapped[int] = mapped_column(Integer, default=0)
+    # Minus the campaign's priority, so one ascending index serves the claim order.
+    rank: Mapped[int] = mapped_column(Integer, default=0)
     state: Mapped[MessageState] = mapped_column(
         _enum(MessageState, "message_state"), default=MessageState.QUEUED
     )
@@ -190,7 +191,8 @@ class Message(Base):
 
     __table_args__ = (
         UniqueConstraint("occurrence_id", "recipient_id"),
-        Index("ix_messages_state_next", "state", "next_attempt_at"),
+        # The dispatcher's claim: queued messages, highest priority first, then oldest.
+        Index("ix_messages_claim", "state", "rank", "id"),
         Index("ix_messages_recipient_queued", "recipient_id", "queued_at"),
         Index("ix_messages_provider_message_id", "provider_message_id"),
         Index("ix_messages_sent_town", "sent_at", "town_id"),
@@ -208,6 +210,18 @@ class Attempt(Base):
     outcome: Mapped[str] = mapped_column(String(16))
     error_code: Mapped[str | None] = mapped_column(String(16))
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class PendingStatus(Base):
+    """A status callback that arrived before its message's send was recorded; applied then."""
+
+    __tablename__ = "pending_statuses"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    provider_message_id: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    error_code: Mapped[str | None] = mapped_column(String(16))
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 class SendCounter(Base):

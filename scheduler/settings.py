@@ -25,7 +25,7 @@ class TwilioSettings(BaseModel):
 
 
 class DryRunSettings(BaseModel):
-    """The dry-run provider writes JSON lines and simulates delivery, so nothing needs an account."""
+    """The dry-run provider logs JSON lines and simulates delivery: nothing needs an account."""
 
     log_file: Path | None = None
     show_numbers: bool = False
@@ -47,6 +47,8 @@ class DispatchSettings(BaseModel):
     backoff_base_seconds: float = Field(2.0, ge=0)
     backoff_max_seconds: float = Field(300.0, ge=0)
     poll_seconds: float = Field(2.0, ge=0)
+    # A message `sending` for longer than this was left by a crash and is reconciled.
+    stale_sending_seconds: float = Field(300.0, ge=0)
 
 
 class AlertSettings(BaseModel):
@@ -86,6 +88,8 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     public_base_url: str = "http://127.0.0.1:8080"
+    # Bearer token for the operator API (/api/...); without one, only 127.0.0.1 may call it.
+    api_token: SecretStr = SecretStr("")
     opt_out_keywords: list[str] = Field(
         default_factory=lambda: ["退订", "TD", "T", "R", "STOP", "UNSUBSCRIBE", "取消", "拒收"]
     )

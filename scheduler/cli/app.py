@@ -6,10 +6,14 @@ import sys
 
 import typer
 
+from scheduler.cli import campaigns as campaigns_cli
+from scheduler.cli import cases as cases_cli
 from scheduler.cli import db as db_cli
+from scheduler.cli import delivery as delivery_cli
 from scheduler.cli import letters as letters_cli
 from scheduler.cli import quota as quota_cli
 from scheduler.cli import recipients as recipients_cli
+from scheduler.cli import service as service_cli
 from scheduler.cli import templates as templates_cli
 from scheduler.cli.common import console, err_console, print_json
 from scheduler.core import Core
@@ -29,6 +33,12 @@ app.add_typer(recipients_cli.app, name="recipients")
 app.add_typer(templates_cli.app, name="templates")
 app.add_typer(letters_cli.app, name="letters")
 app.add_typer(quota_cli.app, name="quota")
+app.add_typer(campaigns_cli.app, name="campaigns")
+app.add_typer(campaigns_cli.occurrences_app, name="occurrences")
+app.add_typer(cases_cli.app, name="cases")
+app.command("run")(service_cli.run)
+app.command("dispatch")(delivery_cli.dispatch)
+app.add_typer(delivery_cli.app, name="delivery")
 
 
 @app.callback()

@@ -1,0 +1,199 @@
+"""Fraud cases and the must-reach rules of seed 003 (三必讲).
+
+A village where one case lost 100,000 yuan or more, or where 3 or more cases happened since
+1 January, gets a local-case alert at the next allowed sending time, at most once per period.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scheduler.core import Core
+from scheduler.exceptions import InputFileError, PingAnError
+from scheduler.logs import get_logger
+from scheduler.planner import Firing
+from scheduler.sending_hours import next_allowed
+from scheduler.store import cases as store
+
+log = get_logger("scheduler.cases")
+
+ALERT_EVENT = "fraud-case"
+_COLUMNS = {
+    "case_id": ("case_id", "案件编号", "编号"),
+    "time": ("time", "occurred_at", "发案时间", "时间"),
+    "amount": ("amount", "amount_yuan", "损失金额", "金额"),
+    "fraud_type": ("fraud_type", "诈骗类型", "类型"),
+    "place": ("place", "发案地", "地点"),
+    "town": ("town", "乡镇", "镇街"),
+    "village": ("village", "受骗人居住地", "村社", "村"),
+}
+
+
+@dataclass
+class CaseImport:
+    read: int = 0
+    inserted: int = 0
+    unchanged: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+
+
+def amount_band(amount: int) -> str:
+    if amount >= 1_000_000:
+        return "百万元以上"
+    if amount >= 100_000:
+        return "十万元以上"
+    if amount >= 10_000:
+        return "一万至十万元"
+    return "一万元以下"
+
+
+def _read_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read: {exc.strerror}") from None
+    for enc in ("utf-8-sig", "gb18030"):
+        try:
+            return raw.decode(enc)
+        except UnicodeDecodeError:
+            continue
+    raise InputFileError(f"{path}: neither UTF-8 nor GB18030")
+
+
+def parse_case(core: Core, row: dict[str, str], tz: Any) -> dict[str, Any]:
+    """One CSV row as a fraud_cases row; raises ValueError with the reason."""
+    case_id = (row.get("case_id") or "").strip()
+    if not case_id:
+        raise ValueError("case_id is empty")
+    try:
+        when = dt.datetime.fromisoformat((row.get("time") or "").strip())
+    except ValueError:
+        raise ValueError(f"time {row.get('time')!r} is not an ISO date-time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=tz)
+    try:
+        amount = round(float((row.get("amount") or "").replace(",", "")))
+    except ValueError:
+        raise ValueError(f"amount {row.get('amount')!r} is not a number") from None
+    if amount < 0:
+        raise ValueError("amount is negative")
+    district = core.district
+    try:
+        town = district.find_town(row.get("town") or "")
+        village = district.find_village(town, row.get("village") or "")
+    except PingAnError as exc:
+        raise ValueError(str(exc)) from None
+    return {
+        "case_id": case_id,
+        "occurred_at": when,
+        "amount_yuan": amount,
+        "fraud_type": (row.get("fraud_type") or "").strip() or "电信网络诈骗",
+        "place": (row.get("place") or "").strip() or None,
+        "town_id": town.id,
+        "village_id": village.id,
+        "imported_at": core.clock(),
+    }
+
+
+def import_cases(core: Core, path: Path) -> CaseImport:
+    text = _read_text(path)
+    reader = csv.DictReader(io.StringIO(text))
+    header = {h.strip(): h for h in (reader.fieldnames or [])}
+    mapping: dict[str, str] = {}
+    for key, names in _COLUMNS.items():
+        found = next((header[n] for n in names if n in header), None)
+        if found:
+            mapping[key] = found
+    missing = [k for k in ("case_id", "time", "amount", "town", "village") if k not in mapping]
+    if missing:
+        raise InputFileError(f"{path}, line 1: missing columns {', '.join(missing)}")
+    tz = core.settings.tz
+    result = CaseImport()
+    rows = []
+    for line_no, raw in enumerate(reader, start=2):
+        result.read += 1
+        row = {k: raw.get(v) or "" for k, v in mapping.items()}
+        try:
+            rows.append(parse_case(core, row, tz))
+        except ValueError as exc:
+            result.rejected.append({"line": line_no, "reason": str(exc)})
+    return record_cases(core, rows, result)
+
+
+def record_cases(
+    core: Core, rows: list[dict[str, Any]], result: CaseImport | None = None
+) -> CaseImport:
+    """Store new cases and schedule the alerts they trigger (also used by the HTTP API)."""
+    result = result or CaseImport(read=len(rows))
+    inserted = set(store.insert_cases(core.engine, rows))
+    result.inserted += len(inserted)
+    result.unchanged += len(rows) - len(inserted)
+    villages = {(r["town_id"], r["village_id"]) for r in rows if r["case_id"] in inserted}
+    for town_id, village_id in sorted(villages):
+        alert = check_village(core, town_id, village_id)
+        if alert:
+            result.alerts.append(alert)
+    return result
+
+
+def check_village(core: Core, town_id: str, village_id: str) -> dict[str, Any] | None:
+    """Schedule an alert if the village crosses a must-reach rule and had none this period."""
+    settings = core.settings
+    tz = settings.tz
+    now = core.clock()
+    year_start = dt.datetime(now.astimezone(tz).year, 1, 1, tzinfo=tz)
+    count, biggest = store.village_case_stats(core.engine, town_id, village_id, year_start)
+    rule = None
+    if biggest >= settings.alerts.single_loss_yuan:
+        rule = "single_loss"
+    elif count >= settings.alerts.case_count:
+        rule = "case_count"
+    if rule is None:
+        return None
+    campaign = core.campaigns.for_event(ALERT_EVENT)
+    if campaign is None:
+        log.warning("alert.no_campaign", town=town_id, village=village_id, rule=rule)
+        return None
+    key = f"{campaign.name}:{town_id}/{village_id}"
+    last = store.last_alert(core.engine, key)
+    if last is not None and now - last < dt.timedelta(days=settings.alerts.period_days):
+        log.info("alert.recent", town=town_id, village=village_id, last=last.isoformat())
+        return None
+    at = next_allowed(now, settings.allowed_hours, tz).replace(microsecond=0)
+    latest = store.latest_case(core.engine, town_id, village_id, year_start)
+    target = {
+        "town": town_id,
+        "village": village_id,
+        "rule": rule,
+        "extra": {
+            "fraud_type": latest.fraud_type,
+            "amount_band": amount_band(latest.amount_yuan),
+            "case_date": latest.occurred_at.astimezone(tz).date().isoformat(),
+        },
+    }
+    result = core.planner().fire(Firing(campaign, at, key, kind="alert", target=target))
+    log.info(
+        "alert.scheduled",
+        town=town_id,
+        village=village_id,
+        rule=rule,
+        cases=count,
+        largest_loss=biggest,
+        occurrence_id=result.occurrence_id,
+        queued=result.queued,
+        at=at.isoformat(),
+    )
+    return {
+        "town": town_id,
+        "village": village_id,
+        "rule": rule,
+        "at": at.isoformat(),
+        "occurrence_id": result.occurrence_id,
+        "queued": result.queued,
+    }

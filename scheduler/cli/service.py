@@ -1,0 +1,54 @@
+"""`pingan run`: the long-running service."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import typer
+
+from scheduler.cli.common import core
+from scheduler.exceptions import PingAnError
+from scheduler.service import Service
+
+
+def run(
+    ctx: typer.Context,
+    no_http: bool = typer.Option(False, "--no-http", help="Do not serve HTTP."),
+    no_dispatch: bool = typer.Option(False, "--no-dispatch", help="Fire campaigns, send nothing."),
+    standby_poll: float = typer.Option(5.0, help="Seconds between lock attempts as a standby."),
+    once: bool = typer.Option(
+        False, "--once", help="Fire what is due (catch-up included), send until empty, exit."
+    ),
+    clock: str = typer.Option(
+        None,
+        "--clock",
+        help="With --once: pretend the service starts at this local time (ISO), to rehearse "
+        "a plan on a scratch database, e.g. 2022-10-10T09:30.",
+    ),
+) -> None:
+    """Run the scheduler service: fire campaigns, drain the outbox, serve webhooks.
+
+    A second `pingan run` on the same database waits as a standby. SIGTERM or Ctrl-C stops
+    cleanly (exit 0); SIGHUP reloads the campaign definitions.
+    """
+    c = core(ctx)
+    if clock:
+        if not once:
+            raise PingAnError("--clock needs --once: the live scheduler runs on the real clock")
+        try:
+            start = dt.datetime.fromisoformat(clock)
+        except ValueError:
+            raise PingAnError(f"--clock {clock!r} is not an ISO date-time") from None
+        start = start.replace(tzinfo=c.settings.tz) if start.tzinfo is None else start
+        real_start = time.monotonic()
+        c.clock = lambda: start + dt.timedelta(seconds=time.monotonic() - real_start)
+    service = Service(
+        c,
+        standby_poll=standby_poll,
+        with_dispatch=not no_dispatch,
+        with_http=not no_http and not once,
+        once=once,
+    )
+    service.install_signal_handlers()
+    raise typer.Exit(service.run())

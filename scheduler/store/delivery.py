@@ -1,0 +1,449 @@
+"""Delivery: claiming queued messages, recording what the provider said, applying statuses.
+
+Claim rule: a claimed message is `sending` in its own commit before any provider call, so a
+crash leaves it visible for reconciliation rather than lost. On PostgreSQL the claim uses
+`FOR UPDATE SKIP LOCKED`, so several dispatchers can drain one outbox without sharing a row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine, bindparam, delete, func, select, update
+from sqlalchemy.orm import Session
+
+from scheduler.db import transaction
+from scheduler.models import (
+    Attempt,
+    Message,
+    MessageBody,
+    MessageState,
+    Occurrence,
+    OccurrenceState,
+    PendingStatus,
+)
+from scheduler.store.counters import CounterIncrement, bump_counters, local_day
+
+# How far a status has got; a callback only ever moves a message forward.
+RANK = {
+    MessageState.QUEUED: 0,
+    MessageState.SENDING: 1,
+    MessageState.UNKNOWN: 1,
+    MessageState.SENT: 2,
+    MessageState.DELIVERED: 3,
+    MessageState.UNDELIVERED: 3,
+    MessageState.FAILED: 3,
+    MessageState.CANCELLED: 3,
+}
+# Twilio's statuses in our terms.
+PROVIDER_STATUS = {
+    "accepted": MessageState.SENT,
+    "scheduled": MessageState.SENT,
+    "queued": MessageState.SENT,
+    "sending": MessageState.SENT,
+    "sent": MessageState.SENT,
+    "delivered": MessageState.DELIVERED,
+    "read": MessageState.DELIVERED,
+    "undelivered": MessageState.UNDELIVERED,
+    "failed": MessageState.FAILED,
+    "canceled": MessageState.FAILED,
+}
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    occurrence_id: int
+    phone: str
+    carrier: str
+    town_id: str
+    village_id: str
+    segments: int
+    body_id: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one claimed message, to be recorded in one batch."""
+
+    message: Claimed
+    state: MessageState
+    at: dt.datetime
+    attempt_outcome: str
+    provider: str
+    provider_message_id: str | None = None
+    error_code: str | None = None
+    detail: str | None = None
+    next_attempt_at: dt.datetime | None = None
+    final_status: MessageState | None = None  # dry-run's simulated delivery outcome
+
+
+def claim_due(engine: Engine, *, now: dt.datetime, limit: int) -> list[Claimed]:
+    """Mark up to `limit` due queued messages `sending` and return them."""
+    with transaction(engine) as s:
+        q = (
+            select(Message.id)
+            .join(Occurrence, Occurrence.id == Message.occurrence_id)
+            .where(
+                Message.state == MessageState.QUEUED,
+                Message.next_attempt_at <= now,
+                Occurrence.paused.is_(False),
+            )
+            .order_by(Message.rank, Message.id)
+            .limit(limit)
+        )
+        if s.get_bind().dialect.name == "postgresql":
+            q = q.with_for_update(of=Message, skip_locked=True)
+        ids = list(s.scalars(q))
+        if not ids:
+            return []
+        s.execute(
+            update(Message)
+            .where(Message.id.in_(ids))
+            .values(state=MessageState.SENDING, attempts=Message.attempts + 1, status_at=now)
+        )
+        rows = s.execute(
+            select(
+                Message.id,
+                Message.occurrence_id,
+                Message.phone,
+                Message.carrier,
+                Message.town_id,
+                Message.village_id,
+                Message.segments,
+                Message.body_id,
+                Message.attempts,
+            )
+            .where(Message.id.in_(ids))
+            .order_by(Message.rank, Message.id)
+        ).all()
+        occ_ids = {r[1] for r in rows}
+        s.execute(
+            update(Occurrence)
+            .where(Occurrence.id.in_(occ_ids), Occurrence.state == OccurrenceState.READY)
+            .values(state=OccurrenceState.SENDING)
+        )
+    return [Claimed(*r) for r in rows]
+
+
+def bodies(engine: Engine, ids: Iterable[int]) -> dict[int, str]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(MessageBody.id, MessageBody.text).where(MessageBody.id.in_(list(set(ids))))
+        ).all()
+    return {r[0]: r[1] for r in rows}
+
+
+def stuck_sending(
+    engine: Engine, *, claimed_before: dt.datetime
+) -> list[tuple[Claimed, dt.datetime | None]]:
+    """Messages `sending` since before `claimed_before` (left by a crash), with their claim time.
+
+    The cut-off keeps a dispatcher from settling messages another live dispatcher is sending.
+    """
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                Message.id,
+                Message.occurrence_id,
+                Message.phone,
+                Message.carrier,
+                Message.town_id,
+                Message.village_id,
+                Message.segments,
+                Message.body_id,
+                Message.attempts,
+                Message.status_at,
+            ).where(Message.state == MessageState.SENDING, Message.status_at < claimed_before)
+        ).all()
+    return [(Claimed(*r[:9]), r[9]) for r in rows]
+
+
+def record_outcomes(
+    engine: Engine, outcomes: Sequence[Outcome], *, tz: ZoneInfo
+) -> list[tuple[str, str]]:
+    """Record a batch of outcomes, their attempts and counters in one transaction.
+
+    Returns (phone, source) pairs that must be recorded as opt-outs.
+    """
+    if not outcomes:
+        return []
+    increments: list[CounterIncrement] = []
+    with transaction(engine) as s:
+        rows = []
+        for o in outcomes:
+            state = o.state
+            if state == MessageState.SENT and o.final_status is not None:
+                state = o.final_status
+            sent = state in (
+                MessageState.SENT,
+                MessageState.DELIVERED,
+                MessageState.UNDELIVERED,
+            ) or (state == MessageState.FAILED and o.provider_message_id is not None)
+            rows.append(
+                {
+                    "mid": o.message.id,
+                    "state": state,
+                    "provider": o.provider,
+                    "pmid": o.provider_message_id,
+                    "err": o.error_code,
+                    "sent_at": o.at if sent else None,
+                    "status_at": o.at,
+                    "next": o.next_attempt_at,
+                }
+            )
+            if sent:
+                m = o.message
+                increments.append(
+                    CounterIncrement(
+                        local_day(o.at, tz),
+                        m.town_id,
+                        m.village_id,
+                        m.carrier,
+                        sent=1,
+                        delivered=1 if state == MessageState.DELIVERED else 0,
+                    )
+                )
+        s.execute(
+            update(Message.__table__)
+            .where(Message.__table__.c.id == bindparam("mid"))
+            .values(
+                state=bindparam("state"),
+                provider=bindparam("provider"),
+                provider_message_id=bindparam("pmid"),
+                error_code=bindparam("err"),
+                sent_at=bindparam("sent_at"),
+                status_at=bindparam("status_at"),
+                next_attempt_at=bindparam("next"),
+            ),
+            rows,
+            execution_options={"synchronize_session": False},
+        )
+        s.execute(
+            Attempt.__table__.insert(),
+            [
+                {
+                    "message_id": o.message.id,
+                    "attempted_at": o.at,
+                    "outcome": o.attempt_outcome,
+                    "error_code": o.error_code,
+                    "detail": o.detail,
+                }
+                for o in outcomes
+            ],
+        )
+        bump_counters(s, increments)
+        pmids = [o.provider_message_id for o in outcomes if o.provider_message_id]
+        if pmids:
+            pending = (
+                s.execute(select(PendingStatus).where(PendingStatus.provider_message_id.in_(pmids)))
+                .scalars()
+                .all()
+            )
+            for p in sorted(pending, key=lambda p: p.id):
+                _apply_status(s, p.provider_message_id, p.status, p.error_code, p.received_at, tz)
+            if pending:
+                s.execute(
+                    delete(PendingStatus).where(PendingStatus.id.in_([p.id for p in pending]))
+                )
+    return [
+        (o.message.phone, f"provider:{o.error_code}")
+        for o in outcomes
+        if o.attempt_outcome == "opt_out"
+    ]
+
+
+def _apply_status(
+    s: Session,
+    provider_message_id: str,
+    status: str,
+    error_code: str | None,
+    at: dt.datetime,
+    tz: ZoneInfo,
+) -> str:
+    new = PROVIDER_STATUS.get(status.lower())
+    if new is None:
+        return "ignored"
+    msg = s.execute(
+        select(Message).where(Message.provider_message_id == provider_message_id).with_for_update()
+    ).scalar_one_or_none()
+    if msg is None:
+        return "unmatched"
+    if RANK[new] <= RANK[msg.state]:
+        return "unchanged"
+    was = msg.state
+    msg.state = new
+    msg.status_at = at
+    if error_code:
+        msg.error_code = error_code
+    if msg.sent_at is None:
+        msg.sent_at = at
+        bump_counters(
+            s,
+            [CounterIncrement(local_day(at, tz), msg.town_id, msg.village_id, msg.carrier, sent=1)],
+        )
+    if new == MessageState.DELIVERED and was != MessageState.DELIVERED:
+        bump_counters(
+            s,
+            [
+                CounterIncrement(
+                    local_day(msg.sent_at, tz),
+                    msg.town_id,
+                    msg.village_id,
+                    msg.carrier,
+                    delivered=1,
+                )
+            ],
+        )
+    return "applied"
+
+
+def apply_status(
+    engine: Engine,
+    provider_message_id: str,
+    status: str,
+    error_code: str | None,
+    *,
+    now: dt.datetime,
+    tz: ZoneInfo,
+) -> str:
+    """Apply a provider status callback; keeps it for later if the send is not recorded yet.
+
+    Returns applied, unchanged, ignored or pending.
+    """
+    with transaction(engine) as s:
+        result = _apply_status(s, provider_message_id, status, error_code, now, tz)
+        if result == "unmatched":
+            s.add(
+                PendingStatus(
+                    provider_message_id=provider_message_id,
+                    status=status,
+                    error_code=error_code,
+                    received_at=now,
+                )
+            )
+            return "pending"
+        return result
+
+
+def finish_occurrences(engine: Engine, *, now: dt.datetime) -> list[int]:
+    """Occurrences being sent with nothing left queued or sending become done."""
+    with transaction(engine) as s:
+        open_ids = set(
+            s.scalars(
+                select(Message.occurrence_id)
+                .where(Message.state.in_([MessageState.QUEUED, MessageState.SENDING]))
+                .distinct()
+            )
+        )
+        candidates = list(
+            s.scalars(
+                select(Occurrence.id).where(
+                    Occurrence.state.in_([OccurrenceState.READY, OccurrenceState.SENDING])
+                )
+            )
+        )
+        done = [i for i in candidates if i not in open_ids]
+        if done:
+            s.execute(
+                update(Occurrence)
+                .where(Occurrence.id.in_(done))
+                .values(state=OccurrenceState.DONE, finished_at=now)
+            )
+    return done
+
+
+def has_due(engine: Engine, *, now: dt.datetime) -> bool:
+    with engine.connect() as conn:
+        return (
+            conn.execute(
+                select(func.count())
+                .select_from(Message)
+                .join(Occurrence, Occurrence.id == Message.occurrence_id)
+                .where(
+                    Message.state == MessageState.QUEUED,
+                    Message.next_attempt_at <= now,
+                    Occurrence.paused.is_(False),
+                )
+                .limit(1)
+            ).scalar_one()
+            > 0
+        )
+
+
+def next_due_at(engine: Engine) -> dt.datetime | None:
+    with engine.connect() as conn:
+        value = conn.execute(
+            select(func.min(Message.next_attempt_at))
+            .join(Occurrence, Occurrence.id == Message.occurrence_id)
+            .where(Message.state == MessageState.QUEUED, Occurrence.paused.is_(False))
+        ).scalar()
+    if value is None:
+        return None
+    assert isinstance(value, dt.datetime)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def state_counts(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(Message.state, func.count()).group_by(Message.state)).all()
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+def delivery_breakdown(
+    engine: Engine,
+    *,
+    by: str | None,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+    tz: ZoneInfo,
+) -> list[dict[str, object]]:
+    """Messages per state, grouped by town, carrier, error or local day of queueing."""
+    columns = {"town": Message.town_id, "carrier": Message.carrier, "error": Message.error_code}
+    q = select(Message.state, func.count())
+    group: list[object] = []
+    if by in columns:
+        group = [columns[by]]
+    elif by == "day":
+        group = [Message.queued_at]
+    q = select(*group, Message.state, func.count()) if group else q  # type: ignore[call-overload]
+    if start is not None:
+        q = q.where(Message.queued_at >= start)
+    if end is not None:
+        q = q.where(Message.queued_at < end)
+    q = q.group_by(*group, Message.state)
+    with engine.connect() as conn:
+        raw = conn.execute(q).all()
+    out: dict[str, dict[str, int]] = {}
+    for row in raw:
+        if group:
+            key_value, state, n = row
+            if by == "day":
+                assert isinstance(key_value, dt.datetime)
+                aware = key_value if key_value.tzinfo else key_value.replace(tzinfo=dt.UTC)
+                key = aware.astimezone(tz).date().isoformat()
+            else:
+                key = str(key_value) if key_value is not None else "-"
+        else:
+            state, n = row
+            key = "all"
+        bucket = out.setdefault(key, {})
+        bucket[str(state)] = bucket.get(str(state), 0) + int(n)
+    return [{"key": k, **v} for k, v in sorted(out.items())]
+
+
+def top_errors(
+    engine: Engine, *, start: dt.datetime | None, end: dt.datetime | None, limit: int = 10
+) -> list[tuple[str, int]]:
+    q = select(Message.error_code, func.count()).where(Message.error_code.is_not(None))
+    if start is not None:
+        q = q.where(Message.queued_at >= start)
+    if end is not None:
+        q = q.where(Message.queued_at < end)
+    q = q.group_by(Message.error_code).order_by(func.count().desc()).limit(limit)
+    with engine.connect() as conn:
+        return [(str(r[0]), int(r[1])) for r in conn.execute(q).all()]

@@ -1,0 +1,331 @@
+"""The outbox: occurrences, rendered bodies and queued messages.
+
+Expansion writes here chunk by chunk; each chunk and the occurrence's cursor commit together,
+so an expansion killed at any point resumes after the last committed recipient.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from scheduler.db import transaction
+from scheduler.models import (
+    Message,
+    MessageBody,
+    MessageState,
+    Occurrence,
+    OccurrenceState,
+    OptOut,
+    Recipient,
+)
+
+
+def _insert(engine_or_session: Engine | Session, table: Any) -> Any:
+    bind = (
+        engine_or_session.get_bind()
+        if isinstance(engine_or_session, Session)
+        else engine_or_session
+    )
+    return (postgresql if bind.dialect.name == "postgresql" else sqlite).insert(table)
+
+
+@dataclass(frozen=True)
+class RecipientRow:
+    id: int
+    phone: str
+    name: str | None
+    town_id: str
+    village_id: str
+    carrier: str
+    residence: str | None
+    segments: tuple[str, ...]
+    opted_out: bool
+
+
+def get_or_create_occurrence(
+    engine: Engine,
+    *,
+    campaign: str,
+    scheduled_at: dt.datetime,
+    kind: str,
+    channel: str,
+    priority: int,
+    target: dict[str, Any] | None = None,
+    now: dt.datetime,
+) -> tuple[Occurrence, bool]:
+    """The occurrence for (campaign, scheduled_at), created if new; True when created here."""
+    with transaction(engine) as s:
+        stmt = (
+            _insert(s, Occurrence)
+            .values(
+                campaign=campaign,
+                scheduled_at=scheduled_at,
+                kind=kind,
+                channel=channel,
+                priority=priority,
+                target=target or {},
+                state=OccurrenceState.EXPANDING,
+                paused=False,
+                queued=0,
+                excluded={},
+                cursor=0,
+                created_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["campaign", "scheduled_at"])
+        )
+        created = s.execute(stmt).rowcount == 1
+        occ = s.scalars(
+            select(Occurrence).where(
+                Occurrence.campaign == campaign, Occurrence.scheduled_at == scheduled_at
+            )
+        ).one()
+    return occ, created
+
+
+def get_occurrence(engine: Engine, occurrence_id: int) -> Occurrence | None:
+    with Session(engine) as s:
+        return s.get(Occurrence, occurrence_id)
+
+
+def find_occurrence(engine: Engine, campaign: str, scheduled_at: dt.datetime) -> Occurrence | None:
+    with Session(engine) as s:
+        return s.scalars(
+            select(Occurrence).where(
+                Occurrence.campaign == campaign, Occurrence.scheduled_at == scheduled_at
+            )
+        ).one_or_none()
+
+
+def list_occurrences(
+    engine: Engine, *, campaign: str | None = None, limit: int = 200
+) -> list[Occurrence]:
+    with Session(engine) as s:
+        q = select(Occurrence).order_by(Occurrence.scheduled_at.desc(), Occurrence.id.desc())
+        if campaign:
+            q = q.where(
+                (Occurrence.campaign == campaign) | Occurrence.campaign.like(f"{campaign}:%")
+            )
+        return list(s.scalars(q.limit(limit)))
+
+
+def last_occurrences(engine: Engine) -> dict[str, Occurrence]:
+    """The latest occurrence of each campaign key."""
+    with Session(engine) as s:
+        latest = (
+            select(Occurrence.campaign, func.max(Occurrence.scheduled_at).label("at"))
+            .group_by(Occurrence.campaign)
+            .subquery()
+        )
+        rows = s.scalars(
+            select(Occurrence).join(
+                latest,
+                and_(
+                    Occurrence.campaign == latest.c.campaign, Occurrence.scheduled_at == latest.c.at
+                ),
+            )
+        )
+        return {o.campaign: o for o in rows}
+
+
+def set_occurrence_state(
+    engine: Engine,
+    occurrence_id: int,
+    state: OccurrenceState,
+    *,
+    error: str | None = None,
+    now: dt.datetime,
+    queued: int | None = None,
+) -> None:
+    values: dict[str, Any] = {"state": state, "error": error}
+    if state in (OccurrenceState.READY, OccurrenceState.FAILED) and queued is not None:
+        values["expanded_at"] = now
+    if state in (OccurrenceState.DONE, OccurrenceState.FAILED):
+        values["finished_at"] = now
+    if queued is not None:
+        values["queued"] = queued
+    with transaction(engine) as s:
+        s.execute(update(Occurrence).where(Occurrence.id == occurrence_id).values(**values))
+
+
+def set_paused(engine: Engine, occurrence_id: int, paused: bool) -> bool:
+    with transaction(engine) as s:
+        return (
+            s.execute(
+                update(Occurrence).where(Occurrence.id == occurrence_id).values(paused=paused)
+            ).rowcount
+            == 1
+        )
+
+
+def iter_recipient_batches(
+    engine: Engine, *, after_id: int, batch_size: int
+) -> Iterator[list[RecipientRow]]:
+    """All recipients in id order, in keyset-paged batches, each flagged if opted out.
+
+    Each batch is its own short read, so memory stays flat and writers are not blocked.
+    """
+    cursor = after_id
+    q = (
+        select(
+            Recipient.id,
+            Recipient.phone,
+            Recipient.name,
+            Recipient.town_id,
+            Recipient.village_id,
+            Recipient.carrier,
+            Recipient.residence,
+            Recipient.segments,
+            OptOut.phone.is_not(None),
+        )
+        .outerjoin(OptOut, OptOut.phone == Recipient.phone)
+        .order_by(Recipient.id)
+    )
+    while True:
+        with engine.connect() as conn:
+            rows = conn.execute(q.where(Recipient.id > cursor).limit(batch_size)).all()
+        if not rows:
+            return
+        yield [
+            RecipientRow(
+                id=r[0],
+                phone=r[1],
+                name=r[2],
+                town_id=r[3],
+                village_id=r[4],
+                carrier=r[5],
+                residence=r[6],
+                segments=tuple(x for x in (r[7] or "").split(";") if x),
+                opted_out=bool(r[8]),
+            )
+            for r in rows
+        ]
+        cursor = rows[-1][0]
+
+
+def ensure_body(
+    engine: Engine,
+    *,
+    text: str,
+    template_name: str,
+    template_hash: str,
+    chars: int,
+    segments: int,
+) -> int:
+    """The id of the stored body with this text and provenance, stored if new."""
+    digest = hashlib.sha256(f"{template_name}\0{template_hash}\0{text}".encode()).hexdigest()
+    with transaction(engine) as s:
+        s.execute(
+            _insert(s, MessageBody)
+            .values(
+                digest=digest,
+                text=text,
+                template_name=template_name,
+                template_hash=template_hash,
+                chars=chars,
+                segments=segments,
+            )
+            .on_conflict_do_nothing(index_elements=["digest"])
+        )
+        return s.scalars(select(MessageBody.id).where(MessageBody.digest == digest)).one()
+
+
+def sms_occurrences_between(
+    engine: Engine, start: dt.datetime, end: dt.datetime, *, exclude: int
+) -> list[int]:
+    """SMS occurrences scheduled in [start, end): the per-resident cap counts their messages."""
+    with Session(engine) as s:
+        return list(
+            s.scalars(
+                select(Occurrence.id).where(
+                    Occurrence.channel == "sms",
+                    Occurrence.scheduled_at >= start,
+                    Occurrence.scheduled_at < end,
+                    Occurrence.id != exclude,
+                )
+            )
+        )
+
+
+def messages_per_recipient(
+    engine: Engine, occurrence_ids: Sequence[int], lo: int, hi: int
+) -> dict[int, int]:
+    """Messages (not cancelled) of these occurrences per recipient with id in [lo, hi]."""
+    if not occurrence_ids:
+        return {}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Message.recipient_id, func.count())
+            .where(
+                Message.occurrence_id.in_(occurrence_ids),
+                Message.recipient_id.between(lo, hi),
+                Message.state != MessageState.CANCELLED,
+            )
+            .group_by(Message.recipient_id)
+        ).all()
+    return {r[0]: r[1] for r in rows}
+
+
+def recipients_messaged(
+    engine: Engine, *, town_id: str, start: dt.datetime, end: dt.datetime, lo: int, hi: int
+) -> set[int]:
+    """Recipients of a town with a message queued or sent in [start, end) (for top-ups)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Message.recipient_id)
+            .join(Occurrence, Occurrence.id == Message.occurrence_id)
+            .where(
+                Message.town_id == town_id,
+                Message.recipient_id.between(lo, hi),
+                Occurrence.scheduled_at >= start,
+                Occurrence.scheduled_at < end,
+                Message.state != MessageState.CANCELLED,
+            )
+            .distinct()
+        ).all()
+    return {r[0] for r in rows}
+
+
+def write_chunk(
+    engine: Engine,
+    occurrence_id: int,
+    rows: list[dict[str, Any]],
+    *,
+    cursor: int,
+    excluded: dict[str, int],
+) -> None:
+    """Insert one chunk of messages and advance the occurrence, in one transaction.
+
+    Rows that already exist for (occurrence, recipient) are skipped, never duplicated.
+    """
+    with transaction(engine) as s:
+        if rows:
+            s.execute(
+                _insert(s, Message).on_conflict_do_nothing(
+                    index_elements=["occurrence_id", "recipient_id"]
+                ),
+                rows,
+            )
+        s.execute(
+            update(Occurrence)
+            .where(Occurrence.id == occurrence_id)
+            .values(cursor=cursor, excluded=excluded)
+        )
+
+
+def count_messages(engine: Engine, occurrence_id: int) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                select(func.count())
+                .select_from(Message)
+                .where(Message.occurrence_id == occurrence_id)
+            ).scalar_one()
+        )

@@ -1,0 +1,88 @@
+"""Only one `pingan run` fires jobs per database; a second waits as a standby (real processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from scheduler.core import Core
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Proc:
+    """A `pingan run` process whose JSON log lines are collected as they come."""
+
+    def __init__(self, core: Core, name: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PINGAN_")}
+        env.update(
+            PINGAN_DATABASE_URL=core.settings.effective_database_url,
+            PINGAN_DATA_DIR=str(core.settings.data_dir / name),
+            PINGAN_CONFIG_DIR=str(core.settings.config_dir),
+            PINGAN_TEMPLATES_DIR=str(core.settings.templates_dir),
+            PINGAN_LOG_FORMAT="json",
+            PINGAN_DISPATCH__POLL_SECONDS="0.2",
+        )
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "scheduler", "run", "--no-http", "--standby-poll", "0.2"],
+            env=env,
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def saw(self, event: str) -> bool:
+        return any(f'"event": "{event}"' in line for line in self.lines)
+
+    def wait_for(self, event: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.saw(event):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no {event} in:\n{''.join(self.lines)}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=60)
+        self._reader.join(timeout=5)
+        return code
+
+
+def test_second_run_is_a_standby_until_the_first_stops(core: Core) -> None:
+    core.engine  # noqa: B018 - create the schema before two processes race for it
+    first = Proc(core, "a")
+    second = None
+    try:
+        first.wait_for("service.active")
+        second = Proc(core, "b")
+        second.wait_for("service.standby")
+        time.sleep(1.0)
+        assert not second.saw("service.active")
+        assert not second.saw("service.jobs")
+        assert first.stop() == 0
+        assert first.saw("service.stopped")
+        second.wait_for("service.active")
+        second.wait_for("service.jobs")
+        assert second.stop() == 0
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
