@@ -19,8 +19,8 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from pydantic import Field, field_validator, model_validator
 
-from scheduler.config import ConfigError, District, Frozen, Residence, parse_model, read_yaml
-from scheduler.exceptions import UnknownName
+from scheduler.config import District, Frozen, Residence, parse_model, read_yaml
+from scheduler.exceptions import ConfigError, UnknownName
 
 CAMPAIGNS_FILE = "campaigns.yaml"
 SEGMENTS = frozenset(

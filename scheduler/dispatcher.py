@@ -77,7 +77,9 @@ class Dispatcher:
         self._pool = ThreadPoolExecutor(self.cfg.concurrency, thread_name_prefix="send")
 
     def close(self) -> None:
+        """Stop the send threads and close the provider (the dispatcher is its one user)."""
         self._pool.shutdown(wait=True)
+        self.provider.close()
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -220,7 +222,14 @@ class Dispatcher:
         return self._settle_uncertain(c, msg, started, exc.code, str(exc))
 
     def _settle_uncertain(
-        self, c: Claimed, msg: OutboundMessage, since: dt.datetime, code: str | None, detail: str
+        self,
+        c: Claimed,
+        msg: OutboundMessage,
+        since: dt.datetime,
+        code: str | None,
+        detail: str,
+        *,
+        immediate: bool = False,
     ) -> Outcome:
         """The provider may have the message: look before anything is sent again."""
         try:
@@ -238,7 +247,9 @@ class Dispatcher:
             )
         if found is not None:
             return self._accepted(c, found, "found")
-        return self._requeue(c, self.clock(), "not_found", code, None, detail=detail)
+        return self._requeue(
+            c, self.clock(), "not_found", code, None, detail=detail, immediate=immediate
+        )
 
     def _requeue(
         self,
@@ -250,6 +261,7 @@ class Dispatcher:
         *,
         detail: str | None = None,
         count_attempt: bool = True,
+        immediate: bool = False,
     ) -> Outcome:
         if count_attempt and c.attempts >= self.cfg.max_attempts:
             return Outcome(
@@ -267,7 +279,7 @@ class Dispatcher:
         delay = backoff * self.rng.uniform(0.5, 1.5)
         if retry_after:
             delay = max(delay, retry_after)
-        if not count_attempt:
+        if not count_attempt or immediate:
             delay = 0.0
         return Outcome(
             c,
@@ -295,7 +307,12 @@ class Dispatcher:
         for c, since in stuck:
             outcomes.append(
                 self._settle_uncertain(
-                    c, self._outbound(c), since or self.clock(), None, "left sending by a crash"
+                    c,
+                    self._outbound(c),
+                    since or self.clock(),
+                    None,
+                    "left sending by a crash",
+                    immediate=True,
                 )
             )
         self._record(outcomes, stats)

@@ -222,6 +222,7 @@ class Expander:
             return INVALID, None
         if not self._in_audience(campaign, occ, r):
             return OUTSIDE_AUDIENCE, None
+        info: TemplateInfo | None
         if "" in templates:
             info = templates[""]
         else:
@@ -286,7 +287,9 @@ class Expander:
             if (not campaign.audience.towns or t.id in campaign.audience.towns)
         ]
         for town in towns:
-            rendered = self.catalogue.render(info.name, self.catalogue.context(town=town))
+            rendered = self.catalogue.render(
+                info.name, self.catalogue.context(town=town, today=day)
+            )
             (out / f"{town.id}.html").write_text(rendered.text, encoding="utf-8")
         outbox.set_occurrence_state(
             self.engine, occ.id, OccurrenceState.DONE, now=self.clock(), queued=len(towns)

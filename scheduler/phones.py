@@ -54,10 +54,14 @@ def normalize(raw: str) -> str:
     if len(digits) != 11 or not digits.isdigit() or digits[0] != "1":
         raise InvalidPhoneNumber(f"not an 11-digit Chinese mobile number: {mask(raw)}")
     if _lookup(digits) is None:
-        raise InvalidPhoneNumber(
-            f"number segment not allocated to a mobile carrier: {mask(digits)}"
-        )
+        raise InvalidPhoneNumber(_unallocated(digits))
     return digits
+
+
+def _unallocated(number: str) -> str:
+    if number.startswith(("1349", "174")):
+        return f"satellite number, not a mobile phone: {mask(number)}"
+    return f"number segment not allocated to a mobile carrier: {mask(number)}"
 
 
 def _lookup(number: str) -> str | None:
@@ -72,9 +76,7 @@ def carrier_of(number: str) -> str:
     """The host carrier of a normalised number (virtual operators count as their host)."""
     carrier = _lookup(number)
     if carrier is None:
-        raise InvalidPhoneNumber(
-            f"number segment not allocated to a mobile carrier: {mask(number)}"
-        )
+        raise InvalidPhoneNumber(_unallocated(number))
     return carrier
 
 

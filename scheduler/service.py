@@ -42,6 +42,27 @@ def fire_campaign_job(campaign_name: str) -> None:
     service.fire_due(campaign_name)
 
 
+def quota_check_job() -> None:
+    """What APScheduler calls on the quota check day (PINGAN_QUOTA_CHECK)."""
+    service = _active
+    if service is not None and not service.stop.is_set():
+        from scheduler.topups import check_quotas
+
+        with service._fire_lock:
+            check_quotas(service.core)
+
+
+def report_job() -> None:
+    """What APScheduler calls each morning: the monthly report is written on its due day."""
+    service = _active
+    if service is not None and not service.stop.is_set():
+        from scheduler.reports import write_due_report
+
+        write_due_report(
+            service.core, service.core.clock().astimezone(service.core.settings.tz).date()
+        )
+
+
 class Service:
     def __init__(
         self,
@@ -112,7 +133,11 @@ class Service:
             self.planner.catch_up(self.core.clock())
             if self.once:
                 if self.with_dispatch:
-                    stats = self._dispatcher().run(until_empty=True)
+                    dispatcher = self._dispatcher()
+                    try:
+                        stats = dispatcher.run(until_empty=True)
+                    finally:
+                        dispatcher.close()
                     log.info(
                         "dispatch.done",
                         sent=stats.sent,
@@ -123,7 +148,7 @@ class Service:
                 return 0
             self._start_apscheduler()
             if self.with_dispatch:
-                self._start_thread("dispatch", lambda: self._dispatcher().run())
+                self._start_thread("dispatch", self._dispatch_forever)
             while not self.stop.is_set():
                 if self._reload.is_set():
                     self._reload.clear()
@@ -149,6 +174,13 @@ class Service:
             clock=self.core.clock,
             stop=self.stop,
         )
+
+    def _dispatch_forever(self) -> None:
+        dispatcher = self._dispatcher()
+        try:
+            dispatcher.run()
+        finally:
+            dispatcher.close()
 
     def _start_thread(self, name: str, target: Callable[[], object]) -> None:
         def guarded() -> None:
@@ -213,9 +245,19 @@ class Service:
             if trigger is None:
                 continue
             wanted[c.name] = trigger
+        from apscheduler.triggers.cron import CronTrigger
+
+        from scheduler.topups import check_trigger
+
+        housekeeping = {
+            "_quota_check": (quota_check_job, check_trigger(self.core.settings.quota_check, tz)),
+            "_monthly_report": (report_job, CronTrigger(hour=7, minute=30, timezone=tz)),
+        }
         for job in sched.get_jobs():
-            if job.id not in wanted:
+            if job.id not in wanted and job.id not in housekeeping:
                 job.remove()
+        for job_id, (func, trig) in housekeeping.items():
+            sched.add_job(func, trig, id=job_id, name=job_id, replace_existing=True)
         for name, trigger in wanted.items():
             sched.add_job(
                 fire_campaign_job,

@@ -40,7 +40,7 @@ class DryRunSettings(BaseModel):
 class DispatchSettings(BaseModel):
     batch_size: int = Field(500, ge=1)
     concurrency: int = Field(16, ge=1)
-    rate_per_second: float = Field(200.0, gt=0)
+    rate_per_second: float = Field(1000.0, gt=0)
     # Per-carrier segment rate limits, e.g. {"mobile": 100}; carriers not named are unlimited.
     segment_rate_by_carrier: dict[str, float] = Field(default_factory=dict)
     max_attempts: int = Field(5, ge=1)

@@ -131,7 +131,7 @@ class HttpServer:
         self.server = uvicorn.Server(
             uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
         )
-        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        # Started off the main thread, uvicorn leaves signal handling to `pingan run`.
         self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
 
     def start(self) -> None:

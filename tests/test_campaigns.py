@@ -71,7 +71,11 @@ def test_one_off_outside_window_never_fires(config_dir: Path) -> None:
     [
         ('cron: "0 9 * * mon"', 'cron: "0 9 * * 1"', "weekdays as mon..sun"),
         ('cron: "0 9 * * mon"', 'cron: "0 9 * mon"', "cron needs 5 fields"),
-        ("pool: weekly-slogans\n", "", "exactly one of template, pool"),
+        (
+            "pool: weekly-slogans",
+            "pool: weekly-slogans\n    template: survey-notice",
+            "exactly one of template, pool",
+        ),
         ("audience: all", "audience: {towns: [nowhere]}", "unknown town 'nowhere'"),
         ("audience: all", "audience: {segments: [astronaut]}", "unknown segments"),
         (

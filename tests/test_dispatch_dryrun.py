@@ -11,7 +11,14 @@ from sqlalchemy.orm import Session
 
 from scheduler.core import Core
 from scheduler.dispatcher import Dispatcher
-from scheduler.models import Attempt, Message, MessageState, Occurrence, OccurrenceState, SendCounter
+from scheduler.models import (
+    Attempt,
+    Message,
+    MessageState,
+    Occurrence,
+    OccurrenceState,
+    SendCounter,
+)
 from scheduler.providers import make_provider
 from scheduler.simulation import ManualClock
 from scheduler.store import outbox
@@ -23,7 +30,9 @@ MONDAY = dt.datetime(2022, 10, 10, 9, 0, tzinfo=TZ)
 
 def _setup(core: Core, n: int = 200) -> int:
     add_recipients(core.engine, core.district, n)
-    return core.planner().fire_scheduled(core.campaigns.get("weekly-antifraud"), MONDAY).occurrence_id
+    return (
+        core.planner().fire_scheduled(core.campaigns.get("weekly-antifraud"), MONDAY).occurrence_id
+    )
 
 
 def _dispatcher(core: Core, clock: ManualClock) -> Dispatcher:
@@ -39,11 +48,13 @@ def test_dryrun_sends_everything_once_and_counts_it(core: Core) -> None:
     d.close()
     assert stats.sent == 200
     with Session(core.engine) as s:
-        states = dict(
-            s.execute(select(Message.state, func.count()).group_by(Message.state)).all()
-        )
+        states = dict(s.execute(select(Message.state, func.count()).group_by(Message.state)).all())
         assert sum(states.values()) == 200
-        assert set(states) <= {MessageState.DELIVERED, MessageState.UNDELIVERED, MessageState.FAILED}
+        assert set(states) <= {
+            MessageState.DELIVERED,
+            MessageState.UNDELIVERED,
+            MessageState.FAILED,
+        }
         assert states.get(MessageState.DELIVERED, 0) > 150
         sent_counter = s.scalar(select(func.sum(SendCounter.sent)))
         delivered_counter = s.scalar(select(func.sum(SendCounter.delivered)))
@@ -89,9 +100,7 @@ def test_messages_left_sending_by_a_crash_are_reconciled_not_lost(core: Core) ->
     _setup(core, 10)
     # A crash after the claim's commit and before any provider call.
     with Session(core.engine) as s, s.begin():
-        s.execute(
-            update(Message).values(state=MessageState.SENDING, attempts=1, status_at=clock())
-        )
+        s.execute(update(Message).values(state=MessageState.SENDING, attempts=1, status_at=clock()))
     clock.set(clock() + dt.timedelta(minutes=10))
     d = _dispatcher(core, clock)
     stats = d.run(until_empty=True)

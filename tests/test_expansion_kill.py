@@ -54,7 +54,9 @@ def test_killed_expansion_resumes_without_duplicates(core: Core) -> None:
     with Session(core.engine) as s, s.begin():
         for phone in ("13800000003", "18600000004"):
             s.add(OptOut(phone=phone, source="test", reason=None, created_at=core.clock()))
-    proc = subprocess.Popen(_run_cmd(), env=_env(core), cwd=ROOT, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _run_cmd(), env=_env(core), cwd=ROOT, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     killed_at = 0
     while time.monotonic() < deadline and proc.poll() is None:

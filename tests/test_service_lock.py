@@ -63,6 +63,8 @@ class Proc:
             self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=60)
         self._reader.join(timeout=5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
         return code
 
 

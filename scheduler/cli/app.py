@@ -14,6 +14,7 @@ from scheduler.cli import letters as letters_cli
 from scheduler.cli import quota as quota_cli
 from scheduler.cli import recipients as recipients_cli
 from scheduler.cli import service as service_cli
+from scheduler.cli import simulate as simulate_cli
 from scheduler.cli import templates as templates_cli
 from scheduler.cli.common import console, err_console, print_json
 from scheduler.core import Core
@@ -39,6 +40,7 @@ app.add_typer(cases_cli.app, name="cases")
 app.command("run")(service_cli.run)
 app.command("dispatch")(delivery_cli.dispatch)
 app.add_typer(delivery_cli.app, name="delivery")
+app.command("simulate")(simulate_cli.simulate_command)
 
 
 @app.callback()

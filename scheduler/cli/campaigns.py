@@ -47,7 +47,7 @@ def list_campaigns(ctx: typer.Context, fmt: OutputFormat = FORMAT_OPTION) -> Non
     tz = c.settings.tz
     planner = c.planner()
     last = outbox.last_occurrences(c.engine)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for camp in c.campaigns.all:
         nxt = planner.next_fire_times(camp, c.clock())
         lo = last.get(camp.name)

@@ -27,7 +27,6 @@ def dispatch(
         stats = dispatcher.run(until_empty=until_empty)
     finally:
         dispatcher.close()
-        provider.close()
     data = {
         "claimed": stats.claimed,
         "sent": stats.sent,

@@ -1,9 +1,151 @@
-"""`pingan recipients`: Recipient lists: import, stats, opt-outs, sample data."""
+"""`pingan recipients`: import lists, see what is loaded, record refusals, make sample data."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+from scheduler.cli.common import FORMAT_OPTION, OutputFormat, console, core, print_json, table
+from scheduler.exceptions import InputFileError, InvalidPhoneNumber, PingAnError
+from scheduler.phones import mask, normalize
+from scheduler.recipients import import_recipients_file
+from scheduler.sample_data import default_count, write_csv
+from scheduler.store import recipients as store
 
 app = typer.Typer(
     help="Recipient lists: import, stats, opt-outs, sample data.", no_args_is_help=True
 )
+
+
+@app.command("import")
+def import_file(
+    ctx: typer.Context,
+    file: Path = typer.Argument(
+        ..., help="CSV: phone, town, village[, name, household, carrier, residence, segments]."
+    ),
+    encoding: str = typer.Option(
+        None, "--encoding", help="utf-8, utf-8-sig, gb18030, gbk... (default: detected)."
+    ),
+    fmt: OutputFormat = FORMAT_OPTION,
+) -> None:
+    """Import (upsert by phone) a recipient list; bad rows go to FILE.rejects.csv with reasons."""
+    c = core(ctx)
+    engine, district = c.engine, c.district
+    show = fmt == OutputFormat.table and sys.stderr.isatty()
+    size = file.stat().st_size if file.exists() else 0
+    progress = Progress(
+        TextColumn("importing"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not show,
+    )
+    with progress:
+        task = progress.add_task("import", total=size)
+        summary = import_recipients_file(
+            engine,
+            district,
+            file,
+            encoding=encoding,
+            on_progress=lambda n: progress.advance(task, n),
+        )
+    data = summary.to_dict()
+    if fmt == OutputFormat.json:
+        print_json(data)
+        return
+    console.print(
+        f"{file}: {summary.rows} rows ({summary.encoding}) in {summary.seconds:.1f} s: "
+        f"{summary.imported} imported, {summary.updated} updated, {summary.rejected} rejected"
+    )
+    console.print(
+        table("Accepted by town", ["town", "rows"], [[k, v] for k, v in data["by_town"].items()])
+    )
+    console.print(
+        table(
+            "Accepted by carrier",
+            ["carrier", "rows"],
+            [[k, v] for k, v in data["by_carrier"].items()],
+        )
+    )
+    if summary.rejects_file:
+        console.print(f"rejected rows, with line and reason: {summary.rejects_file}")
+
+
+@app.command("stats")
+def stats(ctx: typer.Context, fmt: OutputFormat = FORMAT_OPTION) -> None:
+    """Counts by town, village, carrier and segment."""
+    data = store.stats(core(ctx).engine)
+    if fmt == OutputFormat.json:
+        print_json(data)
+        return
+    console.print(f"{data['total']} recipients; {data['opted_out']} opted out")
+    for key, title in (
+        ("by_town", "town"),
+        ("by_village", "village"),
+        ("by_carrier", "carrier"),
+        ("by_segment", "segment"),
+    ):
+        console.print(
+            table(f"By {title}", [title, "recipients"], [[k, v] for k, v in data[key].items()])
+        )
+
+
+@app.command("opt-out")
+def opt_out(
+    ctx: typer.Context,
+    phones: list[str] = typer.Argument(None, help="Numbers that refused messages."),
+    file: Path = typer.Option(
+        None, "--file", help="A file with one number per line (or CSV, first column)."
+    ),
+    source: str = typer.Option("cli", "--source", help="Where the refusal came from."),
+    reason: str = typer.Option(None, "--reason", help="Free text, e.g. 电话投诉."),
+) -> None:
+    """Record residents who refused messages; they stay recorded whatever later imports say."""
+    raw: list[tuple[str, str]] = [("argument", p) for p in phones or []]
+    if file is not None:
+        try:
+            text = file.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError:
+            text = file.read_text(encoding="gb18030")
+        except OSError as exc:
+            raise InputFileError(f"{file}: cannot read: {exc.strerror}") from None
+        for i, line in enumerate(text.splitlines(), start=1):
+            cell = line.split(",")[0].strip()
+            if cell and not (i == 1 and not any(ch.isdigit() for ch in cell)):
+                raw.append((f"{file}, line {i}", cell))
+    if not raw:
+        raise PingAnError("give numbers or --file")
+    valid, bad = [], []
+    for where, value in raw:
+        try:
+            valid.append(normalize(value))
+        except InvalidPhoneNumber as exc:
+            bad.append(f"{where}: {exc}")
+    new = store.record_opt_outs(core(ctx).engine, valid, source=source, reason=reason)
+    console.print(f"{len(valid)} recorded ({new} new)")
+    for line in bad:
+        console.print(f"rejected {line}", markup=False)
+    if valid and len(valid) <= 5:
+        console.print("numbers: " + ", ".join(mask(p) for p in valid))
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command("generate")
+def generate(
+    ctx: typer.Context,
+    count: int = typer.Option(
+        None, "--count", help="Rows (default: 97% of the villages' population)."
+    ),
+    seed: int = typer.Option(20221001, "--seed"),
+    out: Path = typer.Option(Path("recipients/sample.csv"), "--out"),
+) -> None:
+    """Write a synthetic recipient CSV consistent with the configured district."""
+    district = core(ctx).district
+    n = write_csv(district, out, count if count is not None else default_count(district), seed=seed)
+    console.print(f"wrote {n} synthetic recipients to {out}")

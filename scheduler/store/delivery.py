@@ -10,9 +10,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, bindparam, delete, func, select, update
+from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from scheduler.db import transaction
@@ -186,14 +187,14 @@ def record_outcomes(
             ) or (state == MessageState.FAILED and o.provider_message_id is not None)
             rows.append(
                 {
-                    "mid": o.message.id,
+                    "id": o.message.id,
                     "state": state,
                     "provider": o.provider,
-                    "pmid": o.provider_message_id,
-                    "err": o.error_code,
+                    "provider_message_id": o.provider_message_id,
+                    "error_code": o.error_code,
                     "sent_at": o.at if sent else None,
                     "status_at": o.at,
-                    "next": o.next_attempt_at,
+                    "next_attempt_at": o.next_attempt_at,
                 }
             )
             if sent:
@@ -208,23 +209,10 @@ def record_outcomes(
                         delivered=1 if state == MessageState.DELIVERED else 0,
                     )
                 )
+        # ORM bulk UPDATE by primary key: one executemany for the batch.
+        s.execute(update(Message), rows)
         s.execute(
-            update(Message.__table__)
-            .where(Message.__table__.c.id == bindparam("mid"))
-            .values(
-                state=bindparam("state"),
-                provider=bindparam("provider"),
-                provider_message_id=bindparam("pmid"),
-                error_code=bindparam("err"),
-                sent_at=bindparam("sent_at"),
-                status_at=bindparam("status_at"),
-                next_attempt_at=bindparam("next"),
-            ),
-            rows,
-            execution_options={"synchronize_session": False},
-        )
-        s.execute(
-            Attempt.__table__.insert(),
+            insert(Attempt),
             [
                 {
                     "message_id": o.message.id,
@@ -404,13 +392,12 @@ def delivery_breakdown(
 ) -> list[dict[str, object]]:
     """Messages per state, grouped by town, carrier, error or local day of queueing."""
     columns = {"town": Message.town_id, "carrier": Message.carrier, "error": Message.error_code}
-    q = select(Message.state, func.count())
-    group: list[object] = []
+    group: list[Any] = []
     if by in columns:
         group = [columns[by]]
     elif by == "day":
         group = [Message.queued_at]
-    q = select(*group, Message.state, func.count()) if group else q  # type: ignore[call-overload]
+    q: Any = select(*group, Message.state, func.count())
     if start is not None:
         q = q.where(Message.queued_at >= start)
     if end is not None:

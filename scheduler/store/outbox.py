@@ -37,6 +37,10 @@ def _insert(engine_or_session: Engine | Session, table: Any) -> Any:
     return (postgresql if bind.dialect.name == "postgresql" else sqlite).insert(table)
 
 
+def _rowcount(result: Any) -> int:
+    return int(result.rowcount)
+
+
 @dataclass(frozen=True)
 class RecipientRow:
     id: int
@@ -81,7 +85,7 @@ def get_or_create_occurrence(
             )
             .on_conflict_do_nothing(index_elements=["campaign", "scheduled_at"])
         )
-        created = s.execute(stmt).rowcount == 1
+        created = _rowcount(s.execute(stmt)) == 1
         occ = s.scalars(
             select(Occurrence).where(
                 Occurrence.campaign == campaign, Occurrence.scheduled_at == scheduled_at
@@ -157,12 +161,10 @@ def set_occurrence_state(
 
 def set_paused(engine: Engine, occurrence_id: int, paused: bool) -> bool:
     with transaction(engine) as s:
-        return (
-            s.execute(
-                update(Occurrence).where(Occurrence.id == occurrence_id).values(paused=paused)
-            ).rowcount
-            == 1
+        result = s.execute(
+            update(Occurrence).where(Occurrence.id == occurrence_id).values(paused=paused)
         )
+        return _rowcount(result) == 1
 
 
 def iter_recipient_batches(
@@ -327,5 +329,24 @@ def count_messages(engine: Engine, occurrence_id: int) -> int:
                 select(func.count())
                 .select_from(Message)
                 .where(Message.occurrence_id == occurrence_id)
+            ).scalar_one()
+        )
+
+
+def queued_for_town(engine: Engine, *, town_id: str, since: dt.datetime, until: dt.datetime) -> int:
+    """Messages of a town queued or being sent for occurrences in [since, until): not yet
+    counted by quotas, but on their way."""
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                select(func.count())
+                .select_from(Message)
+                .join(Occurrence, Occurrence.id == Message.occurrence_id)
+                .where(
+                    Message.town_id == town_id,
+                    Message.state.in_([MessageState.QUEUED, MessageState.SENDING]),
+                    Occurrence.scheduled_at >= since,
+                    Occurrence.scheduled_at < until,
+                )
             ).scalar_one()
         )

@@ -1,0 +1,152 @@
+"""Recipients and opt-outs: upserts by phone, and the counts operators ask for."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from scheduler.db import transaction
+from scheduler.models import OptOut, Recipient
+
+_UPDATED_COLUMNS = (
+    "name",
+    "town_id",
+    "village_id",
+    "household",
+    "carrier",
+    "residence",
+    "segments",
+    "updated_at",
+)
+
+
+CHUNK_ROWS = 5000
+
+
+def _dialect(bind: Engine | Connection) -> Any:
+    return postgresql if bind.dialect.name == "postgresql" else sqlite
+
+
+def upsert_recipients(
+    bind: Engine | Connection, rows: Sequence[dict[str, Any]], *, chunk_rows: int = CHUNK_ROWS
+) -> tuple[int, int]:
+    """Insert or update by phone; returns (inserted, updated).
+
+    Given an Engine, each chunk of `chunk_rows` commits in its own transaction; given a
+    Connection, everything runs in the caller's transaction. `rows` are Recipient column dicts
+    (segments as ';a;b;', aware UTC timestamps) holding each phone at most once per chunk.
+    Opt-outs live in their own table, so an import never clears one; `created_at` is kept on
+    update.
+    """
+    inserted = updated = 0
+    for i in range(0, len(rows), chunk_rows):
+        chunk = rows[i : i + chunk_rows]
+        if isinstance(bind, Connection):
+            n_new, n_old = _upsert_chunk(bind, chunk)
+        else:
+            with bind.begin() as conn:
+                n_new, n_old = _upsert_chunk(conn, chunk)
+        inserted += n_new
+        updated += n_old
+    return inserted, updated
+
+
+def _upsert_chunk(conn: Connection, rows: Sequence[dict[str, Any]]) -> tuple[int, int]:
+    if not rows:
+        return 0, 0
+    table = Recipient.__table__
+    phones = [r["phone"] for r in rows]
+    existing = set(conn.scalars(select(table.c.phone).where(table.c.phone.in_(phones))))
+    stmt = _dialect(conn).insert(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["phone"],
+        set_={c: getattr(stmt.excluded, c) for c in _UPDATED_COLUMNS},
+    )
+    conn.execute(stmt, list(rows))
+    return len(rows) - len(existing), len(existing)
+
+
+def record_opt_outs(
+    engine: Engine, phones: Iterable[str], *, source: str, reason: str | None = None
+) -> int:
+    """Record refusals (normalised numbers); returns how many are new.
+
+    Idempotent: a number already recorded keeps its first source, reason and time. Imports
+    never touch this table, so a refusal outlives any later list that names the resident.
+    """
+    unique = sorted(set(phones))
+    source = source[:32]
+    reason = reason[:255] if reason else None
+    if not unique:
+        return 0
+    now = dt.datetime.now(dt.UTC)
+    new = 0
+    with transaction(engine) as s:
+        for i in range(0, len(unique), 5000):
+            chunk = unique[i : i + 5000]
+            known = set(s.scalars(select(OptOut.phone).where(OptOut.phone.in_(chunk))))
+            fresh = [p for p in chunk if p not in known]
+            if fresh:
+                s.execute(
+                    _dialect(engine)
+                    .insert(OptOut)
+                    .on_conflict_do_nothing(index_elements=["phone"]),
+                    [
+                        {"phone": p, "source": source, "reason": reason, "created_at": now}
+                        for p in fresh
+                    ],
+                )
+                new += len(fresh)
+    return new
+
+
+def is_opted_out(engine: Engine, phone: str) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(select(OptOut.phone).where(OptOut.phone == phone)).first() is not None
+
+
+def stats(engine: Engine) -> dict[str, Any]:
+    """Counts by town, village, carrier and segment, and how many opted out."""
+    with engine.connect() as conn:
+        total = conn.execute(select(func.count()).select_from(Recipient)).scalar_one()
+        by_town = dict(
+            conn.execute(select(Recipient.town_id, func.count()).group_by(Recipient.town_id)).all()
+        )
+        by_village = {
+            f"{t}/{v}": n
+            for t, v, n in conn.execute(
+                select(Recipient.town_id, Recipient.village_id, func.count()).group_by(
+                    Recipient.town_id, Recipient.village_id
+                )
+            ).all()
+        }
+        by_carrier = dict(
+            conn.execute(select(Recipient.carrier, func.count()).group_by(Recipient.carrier)).all()
+        )
+        by_segments = conn.execute(
+            select(Recipient.segments, func.count()).group_by(Recipient.segments)
+        ).all()
+        opted_out = conn.execute(select(func.count()).select_from(OptOut)).scalar_one()
+        opted_in_list = conn.execute(
+            select(func.count())
+            .select_from(Recipient)
+            .join(OptOut, OptOut.phone == Recipient.phone)
+        ).scalar_one()
+    by_segment: dict[str, int] = {}
+    for joined, n in by_segments:
+        for seg in (joined or "").split(";"):
+            if seg:
+                by_segment[seg] = by_segment.get(seg, 0) + int(n)
+    return {
+        "total": int(total),
+        "opted_out": int(opted_out),
+        "opted_out_in_lists": int(opted_in_list),
+        "by_town": {k: int(v) for k, v in sorted(by_town.items())},
+        "by_village": {k: int(v) for k, v in sorted(by_village.items())},
+        "by_carrier": {k: int(v) for k, v in sorted(by_carrier.items())},
+        "by_segment": dict(sorted(by_segment.items())),
+    }
