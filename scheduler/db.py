@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,18 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from scheduler.models import UTCDateTime
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+_UTC = UTCDateTime()
+_DIALECTS: dict[str, Any] = {
+    "sqlite": sqlite.dialect(),
+    "postgresql": postgresql.dialect(),  # type: ignore[no-untyped-call]
+}
 
 _upgraded: set[str] = set()
 _lock = threading.Lock()
@@ -81,6 +90,25 @@ def ensure_schema(engine: Engine) -> None:
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def executemany(session: Session, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """One DBAPI executemany for a hot bulk path, written with `?` placeholders.
+
+    SQLAlchemy's per-row parameter processing cost as much as the database work itself on the
+    outbox's bulk writes; callers pass values already in storage form (see `db_time`).
+    """
+    if not rows:
+        return
+    conn = session.connection()
+    if conn.dialect.name != "sqlite":
+        sql = sql.replace("?", "%s")
+    conn.exec_driver_sql(sql, list(rows))
+
+
+def db_time(value: dt.datetime | None, dialect_name: str) -> Any:
+    """An aware datetime in the form UTCDateTime stores it, for `executemany`."""
+    return _UTC.process_bind_param(value, _DIALECTS[dialect_name])
 
 
 @contextmanager

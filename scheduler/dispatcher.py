@@ -123,7 +123,10 @@ class Dispatcher:
         missing = [c.body_id for c in claimed if c.body_id not in self._bodies]
         if missing:
             self._bodies.update(delivery.bodies(self.engine, missing))
-        outcomes = list(self._pool.map(self._send_one, claimed))
+        if self.cfg.concurrency == 1:
+            outcomes = [self._send_one(c) for c in claimed]
+        else:
+            outcomes = list(self._pool.map(self._send_one, claimed))
         self._record(outcomes, stats)
         return stats
 

@@ -19,9 +19,9 @@ from scheduler.campaigns import Campaign, week_index, week_start
 from scheduler.config import District
 from scheduler.exceptions import TemplateError, TemplateNotApproved
 from scheduler.logs import get_logger
-from scheduler.models import MessageState, Occurrence, OccurrenceState
+from scheduler.models import Occurrence, OccurrenceState
 from scheduler.store import outbox
-from scheduler.store.outbox import RecipientRow
+from scheduler.store.outbox import QueuedMessage, RecipientRow
 from scheduler.templating import Catalogue, TemplateInfo
 
 log = get_logger("scheduler.expansion")
@@ -161,7 +161,7 @@ class Expander:
                 else set()
             )
             now = self.clock()
-            rows: list[dict[str, Any]] = []
+            rows: list[QueuedMessage] = []
             for r in batch:
                 reason, info = self._classify(campaign, occ, r, templates, counts, reached)
                 if reason is None and limit is not None and queued_so_far + len(rows) >= limit:
@@ -172,22 +172,19 @@ class Expander:
                 assert info is not None
                 body_id, segments = self._body(info, r, bodies, extra)
                 rows.append(
-                    {
-                        "occurrence_id": occ.id,
-                        "recipient_id": r.id,
-                        "phone": r.phone,
-                        "town_id": r.town_id,
-                        "village_id": r.village_id,
-                        "carrier": r.carrier,
-                        "body_id": body_id,
-                        "segments": segments,
-                        "rank": -occ.priority,
-                        "state": MessageState.QUEUED,
-                        "attempts": 0,
-                        "queued_at": now,
-                        # Expanded ahead of time (an alert at the next allowed hour): wait.
-                        "next_attempt_at": occ.scheduled_at,
-                    }
+                    QueuedMessage(
+                        occ.id,
+                        r.id,
+                        r.phone,
+                        r.town_id,
+                        r.village_id,
+                        r.carrier,
+                        body_id,
+                        segments,
+                        -occ.priority,
+                        now,
+                        occ.scheduled_at,
+                    )
                 )
             outbox.write_chunk(self.engine, occ.id, rows, cursor=hi, excluded=dict(excluded))
             queued_so_far += len(rows)

@@ -38,21 +38,33 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
-    """Aware datetimes in, aware UTC out; stored naive UTC so SQLite and PostgreSQL agree."""
+    """Aware datetimes in, aware UTC out; stored as UTC so SQLite and PostgreSQL agree.
+
+    On SQLite the value is ISO text written in one step (it sorts as time does); going through
+    SQLAlchemy's own SQLite DATETIME processing doubled the cost of bulk writes.
+    """
 
     impl = DateTime
     cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(26))
+        return dialect.type_descriptor(DateTime())
 
     def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
         if value is None:
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
-        return value.astimezone(dt.UTC).replace(tzinfo=None)
+        utc = value.astimezone(dt.UTC).replace(tzinfo=None)
+        return utc.isoformat(" ", "microseconds") if dialect.name == "sqlite" else utc
 
     def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
         if value is None:
             return None
+        if isinstance(value, str):
+            value = dt.datetime.fromisoformat(value)
         assert isinstance(value, dt.datetime)
         return value.replace(tzinfo=dt.UTC)
 

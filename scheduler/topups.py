@@ -1,5 +1,8 @@
 """Quota top-ups: on the check day, a town behind pace gets a top-up occurrence.
 
+The top-up is sized to bring the town back to pace (what the target asks for by now), less
+what is already queued for it.
+
 The top-up goes through the campaigns engine like any firing: it reaches residents of the town
 not yet messaged in the rule's window, at most as many as close the gap, within the
 per-resident cap.
@@ -63,7 +66,9 @@ def check_quotas(core: Core, now: dt.datetime | None = None) -> list[dict[str, A
                 continue
             town = row.subject.key
             pending = outbox.queued_for_town(core.engine, town_id=town, since=start, until=end)
-            gap = row.shortfall - pending
+            # Close the gap to the pace the target asks for by now; later firings of the
+            # regular campaigns are there for the rest of the window.
+            gap = min(row.shortfall, row.expected - row.actual) - pending
             if gap <= 0:
                 continue
             at = next_allowed(now, core.settings.allowed_hours, tz).replace(microsecond=0)

@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from scheduler.db import transaction
+from scheduler.db import db_time, executemany, transaction
 from scheduler.models import (
-    Attempt,
     Message,
     MessageBody,
     MessageState,
@@ -175,7 +174,7 @@ def record_outcomes(
         return []
     increments: list[CounterIncrement] = []
     with transaction(engine) as s:
-        rows = []
+        rows: list[dict[str, Any]] = []
         for o in outcomes:
             state = o.state
             if state == MessageState.SENT and o.final_status is not None:
@@ -187,7 +186,7 @@ def record_outcomes(
             ) or (state == MessageState.FAILED and o.provider_message_id is not None)
             rows.append(
                 {
-                    "id": o.message.id,
+                    "mid": o.message.id,
                     "state": state,
                     "provider": o.provider,
                     "provider_message_id": o.provider_message_id,
@@ -209,18 +208,31 @@ def record_outcomes(
                         delivered=1 if state == MessageState.DELIVERED else 0,
                     )
                 )
-        # ORM bulk UPDATE by primary key: one executemany for the batch.
-        s.execute(update(Message), rows)
-        s.execute(
-            insert(Attempt),
+        name = s.get_bind().dialect.name
+        executemany(
+            s,
+            "UPDATE messages SET state = ?, provider = ?, provider_message_id = ?, "
+            "error_code = ?, sent_at = ?, status_at = ?, next_attempt_at = ? WHERE id = ?",
             [
-                {
-                    "message_id": o.message.id,
-                    "attempted_at": o.at,
-                    "outcome": o.attempt_outcome,
-                    "error_code": o.error_code,
-                    "detail": o.detail,
-                }
+                (
+                    str(r["state"]),
+                    r["provider"],
+                    r["provider_message_id"],
+                    r["error_code"],
+                    db_time(r["sent_at"], name),
+                    db_time(r["status_at"], name),
+                    db_time(r["next_attempt_at"], name),
+                    r["mid"],
+                )
+                for r in rows
+            ],
+        )
+        executemany(
+            s,
+            "INSERT INTO attempts (message_id, attempted_at, outcome, error_code, detail) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [
+                (o.message.id, db_time(o.at, name), o.attempt_outcome, o.error_code, o.detail)
                 for o in outcomes
             ],
         )

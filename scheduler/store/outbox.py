@@ -10,13 +10,13 @@ import datetime as dt
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from scheduler.db import transaction
+from scheduler.db import db_time, executemany, transaction
 from scheduler.models import (
     Message,
     MessageBody,
@@ -295,10 +295,33 @@ def recipients_messaged(
     return {r[0] for r in rows}
 
 
+class QueuedMessage(NamedTuple):
+    occurrence_id: int
+    recipient_id: int
+    phone: str
+    town_id: str
+    village_id: str
+    carrier: str
+    body_id: int
+    segments: int
+    rank: int
+    queued_at: dt.datetime
+    # Not before this (an alert expanded ahead of the next allowed sending hour waits).
+    next_attempt_at: dt.datetime
+
+
+_INSERT_QUEUED = (
+    "INSERT INTO messages (occurrence_id, recipient_id, phone, town_id, village_id, carrier, "
+    "body_id, segments, rank, queued_at, next_attempt_at, state, attempts) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0) "
+    "ON CONFLICT (occurrence_id, recipient_id) DO NOTHING"
+)
+
+
 def write_chunk(
     engine: Engine,
     occurrence_id: int,
-    rows: list[dict[str, Any]],
+    rows: Sequence[QueuedMessage],
     *,
     cursor: int,
     excluded: dict[str, int],
@@ -307,14 +330,20 @@ def write_chunk(
 
     Rows that already exist for (occurrence, recipient) are skipped, never duplicated.
     """
+    name = engine.dialect.name
+    times: dict[dt.datetime, Any] = {}
+
+    def t(value: dt.datetime) -> Any:
+        if value not in times:
+            times[value] = db_time(value, name)
+        return times[value]
+
     with transaction(engine) as s:
-        if rows:
-            s.execute(
-                _insert(s, Message).on_conflict_do_nothing(
-                    index_elements=["occurrence_id", "recipient_id"]
-                ),
-                rows,
-            )
+        executemany(
+            s,
+            _INSERT_QUEUED,
+            [(*r[:9], t(r.queued_at), t(r.next_attempt_at)) for r in rows],
+        )
         s.execute(
             update(Occurrence)
             .where(Occurrence.id == occurrence_id)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 21:25:09.820650
+Create Date: 2026-11-24 22:11:02.180962
 """
 
 from collections.abc import Sequence
