@@ -80,7 +80,10 @@ def _cause_chain(exc: BaseException) -> list[str]:
 def main() -> None:
     """Entry point: one handler turns project errors into a message and exit code 1."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode typer returns a typer.Exit's code instead of exiting.
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except PingAnError as exc:
         chain = _cause_chain(exc)
         err_console.print(f"[bold red]error:[/] {chain[0]}", highlight=False, markup=True)
