@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from scheduler.exceptions import InvalidPhoneNumber
 
@@ -42,16 +43,20 @@ _SEPARATORS = re.compile(r"[\s\-()（）]")
 def normalize(raw: str) -> str:
     """Return the 11-digit form of a Chinese mobile number, or raise InvalidPhoneNumber.
 
-    Accepts spaces and dashes, `+86`, `0086` and `86` prefixes.
+    Accepts spaces and dashes, `+86`, `0086` and `86` prefixes, full-width characters (as
+    Chinese input methods type them) and Excel's trailing `.0` on a number stored as a float.
     """
-    digits = _SEPARATORS.sub("", raw.strip())
+    digits = _SEPARATORS.sub("", unicodedata.normalize("NFKC", raw).strip())
+    if digits.endswith(".0"):
+        digits = digits[:-2]
     if digits.startswith("+86"):
         digits = digits[3:]
     elif digits.startswith("0086"):
         digits = digits[4:]
     elif len(digits) == 13 and digits.startswith("86"):
         digits = digits[2:]
-    if len(digits) != 11 or not digits.isdigit() or digits[0] != "1":
+    # isascii: str.isdigit() also accepts other scripts' digits (٣, ३), which no gateway takes.
+    if len(digits) != 11 or not (digits.isascii() and digits.isdigit()) or digits[0] != "1":
         raise InvalidPhoneNumber(f"not an 11-digit Chinese mobile number: {mask(raw)}")
     if _lookup(digits) is None:
         raise InvalidPhoneNumber(_unallocated(digits))

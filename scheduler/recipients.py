@@ -1,7 +1,8 @@
 """Importing recipient lists: streamed CSV, any encoding Chinese Excel writes, nothing lost.
 
 Every row is either imported (upserted by phone) or written to a rejects file beside the input
-with its line number and reason; the import never stops at a bad row.
+with its line number and reason; the import never stops at a bad row. Only the file itself
+being unreadable (missing, undecodable, no phone/town/village columns) stops it.
 """
 
 from __future__ import annotations
@@ -20,24 +21,27 @@ from typing import Any, BinaryIO
 from sqlalchemy import Engine
 
 from scheduler.campaigns import SEGMENTS
-from scheduler.config import District
+from scheduler.config import District, Town, Village
 from scheduler.exceptions import InputFileError, InvalidPhoneNumber, UnknownName
 from scheduler.phones import CARRIERS, carrier_of, normalize
 from scheduler.store.recipients import stats, upsert_recipients
 
 CHUNK_ROWS = 5000
+READ_BYTES = 1 << 20
+# Accepted header names per column (compared stripped and lower-cased).
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "phone": ("phone", "mobile", "手机号", "手机号码", "电话", "联系电话"),
-    "town": ("town", "乡镇", "镇街", "乡镇街道", "镇"),
-    "village": ("village", "村社", "村", "社区", "村(社区)"),
+    "phone": ("phone", "mobile", "手机号", "手机号码", "手机", "电话", "电话号码", "联系电话"),
+    "town": ("town", "乡镇", "镇街", "乡镇街道", "镇", "街道"),
+    "village": ("village", "村社", "村", "社区", "村社区", "村(社区)", "村（社区）"),
     "name": ("name", "姓名"),
     "household": ("household", "户号", "户"),
     "carrier": ("carrier", "运营商"),
-    "residence": ("residence", "户籍", "居住类型", "人口类型"),
+    "residence": ("residence", "户籍", "居住类型", "人口类型", "户籍/流动"),
     "segments": ("segments", "标签", "人群"),
 }
 REQUIRED = ("phone", "town", "village")
 CARRIER_NAMES = {
+    **{c: c for c in CARRIERS},
     "移动": "mobile",
     "中国移动": "mobile",
     "联通": "unicom",
@@ -55,10 +59,18 @@ RESIDENCE_NAMES = {
     "流动": "migrant",
     "流动人口": "migrant",
 }
+# Column widths of the recipients table: a longer cell is a bad row, not a failed chunk.
+MAX_TEXT = 64
+
+
+class RowError(ValueError):
+    """Why one row was rejected."""
 
 
 @dataclass
 class ImportSummary:
+    """What an import did; by_town and by_carrier count accepted rows."""
+
     file: str
     encoding: str
     rows: int = 0
@@ -81,23 +93,58 @@ class ImportSummary:
             "by_town": dict(sorted(self.by_town.items())),
             "by_carrier": dict(sorted(self.by_carrier.items())),
             "rejects_file": self.rejects_file,
-            "seconds": round(self.seconds, 2),
+            "seconds": round(self.seconds, 3),
         }
 
 
-def detect_encoding(head: bytes) -> str:
-    """utf-8-sig, utf-8 or gb18030 (a superset of GBK, what Chinese Excel writes)."""
-    if head.startswith(codecs.BOM_UTF8):
-        return "utf-8-sig"
+def first_undecodable(fh: BinaryIO, encoding: str) -> tuple[int, str] | None:
+    """(line, reason) of the first bytes `encoding` cannot decode, or None; rewinds `fh`.
+
+    One streamed pass at codec speed, so a wrong encoding is found before any row is
+    imported, with the exact line to show.
+    """
+    decoder = codecs.getincrementaldecoder(encoding)()
+    lines = 1
     try:
-        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
-        return "utf-8"
-    except UnicodeDecodeError:
-        return "gb18030"
+        while chunk := fh.read(READ_BYTES):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                # exc.object is the decoder's pending tail (never a newline) plus this chunk.
+                return lines + bytes(exc.object[: exc.start]).count(b"\n"), exc.reason
+            lines += chunk.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as exc:
+            return lines, exc.reason
+        return None
+    finally:
+        fh.seek(0)
+
+
+def detect_encoding(fh: BinaryIO) -> str:
+    """utf-8-sig, utf-8 or gb18030 (a superset of GBK, what Chinese Excel writes).
+
+    The first that decodes the whole file; utf-8 when none does (the caller then reports
+    where it fails). Leaves `fh` at the start.
+    """
+    head = fh.read(len(codecs.BOM_UTF8))
+    fh.seek(0)
+    if head == codecs.BOM_UTF8:
+        return "utf-8-sig"
+    for candidate in ("utf-8", "gb18030"):
+        if first_undecodable(fh, candidate) is None:
+            return candidate
+    return "utf-8"
+
+
+def rejects_path(path: Path) -> Path:
+    """`<stem>.rejects.csv` beside the input."""
+    return path.with_name(f"{path.stem}.rejects.csv")
 
 
 class _CountingReader(io.RawIOBase):
-    """Counts bytes read, for the progress bar."""
+    """Reports bytes read, for a progress bar by bytes."""
 
     def __init__(self, raw: BinaryIO, on_read: Callable[[int], None] | None) -> None:
         self.raw = raw
@@ -110,13 +157,14 @@ class _CountingReader(io.RawIOBase):
         data = self.raw.read(len(buffer))
         n = len(data)
         buffer[:n] = data
-        if self.on_read and n:
+        if self.on_read is not None and n:
             self.on_read(n)
         return n
 
 
-def _header_map(header: list[str], path: Path) -> dict[str, int]:
-    cleaned = [h.strip().lower() for h in header]
+def header_map(header: list[str], path: Path) -> dict[str, int]:
+    """Column index per known column; raises InputFileError when a required one is missing."""
+    cleaned = [h.strip().lstrip("\ufeff").strip().lower() for h in header]
     mapping: dict[str, int] = {}
     for key, names in COLUMNS.items():
         for i, h in enumerate(cleaned):
@@ -126,75 +174,127 @@ def _header_map(header: list[str], path: Path) -> dict[str, int]:
     missing = [k for k in REQUIRED if k not in mapping]
     if missing:
         raise InputFileError(
-            f"{path}, line 1: missing column(s) {', '.join(missing)} (header: {', '.join(header)})"
+            f"{path}, line 1: missing column(s) {', '.join(missing)} in header "
+            f"{', '.join(header)!r}; expected phone, town, village (or 手机号, 乡镇, 村社)"
         )
     return mapping
 
 
 class RowChecker:
-    """Turns one CSV row into a recipient row, or raises ValueError with the reason."""
+    """Turns one CSV row into a Recipient row dict, or raises RowError with the reason."""
 
-    def __init__(self, district: District) -> None:
+    def __init__(self, district: District, mapping: dict[str, int]) -> None:
         self.district = district
         self.now = dt.datetime.now(dt.UTC)
+        self.index = tuple(mapping.get(k, -1) for k in COLUMNS)
+        self.width = max(mapping.values()) + 1
+        self._villages: dict[tuple[str, str], tuple[Town, Village]] = {}
 
-    def __call__(self, get: Callable[[str], str]) -> dict[str, Any]:
+    def _place(self, town_key: str, village_key: str) -> tuple[Town, Village]:
+        key = (town_key, village_key)
+        found = self._villages.get(key)
+        if found is None:
+            try:
+                town = self.district.find_town(town_key)
+                found = (town, self.district.find_village(town, village_key))
+            except UnknownName as exc:
+                raise RowError(str(exc)) from None
+            self._villages[key] = found
+        return found
+
+    def __call__(self, row: list[str]) -> dict[str, Any]:
+        if len(row) < self.width:
+            row = row + [""] * (self.width - len(row))
+        phone_raw, town_raw, village_raw, name, household, carrier_raw, residence_raw, segs_raw = (
+            row[i].strip() if i >= 0 else "" for i in self.index
+        )
         try:
-            phone = normalize(get("phone"))
+            phone = normalize(phone_raw)
         except InvalidPhoneNumber as exc:
-            raise ValueError(str(exc)) from None
-        try:
-            town = self.district.find_town(get("town"))
-            village = self.district.find_village(town, get("village"))
-        except UnknownName as exc:
-            raise ValueError(str(exc)) from None
-        carrier_raw = get("carrier").strip()
+            raise RowError(str(exc)) from None
+        town, village = self._place(town_raw, village_raw)
         if carrier_raw:
-            carrier = CARRIER_NAMES.get(carrier_raw, carrier_raw.lower())
-            if carrier not in CARRIERS:
-                raise ValueError(f"unknown carrier {carrier_raw!r}")
+            carrier = CARRIER_NAMES.get(carrier_raw) or CARRIER_NAMES.get(carrier_raw.lower())
+            if carrier is None:
+                raise RowError(
+                    f"unknown carrier {carrier_raw!r} (mobile, unicom, telecom, broadnet "
+                    "or 移动, 联通, 电信, 广电)"
+                )
         else:
             carrier = carrier_of(phone)
-        residence_raw = get("residence").strip()
         residence = None
         if residence_raw:
             residence = RESIDENCE_NAMES.get(residence_raw.lower())
             if residence is None:
-                raise ValueError(f"unknown residence {residence_raw!r} (registered or migrant)")
-        segs = [s.strip() for s in get("segments").replace("；", ";").split(";") if s.strip()]
-        unknown = [s for s in segs if s not in SEGMENTS]
-        if unknown:
-            raise ValueError(f"unknown segment(s) {', '.join(unknown)}")
+                raise RowError(
+                    f"unknown residence {residence_raw!r} (registered/户籍 or migrant/流动)"
+                )
+        segments = ""
+        if segs_raw:
+            segs = [s.strip() for s in segs_raw.replace("；", ";").split(";") if s.strip()]
+            unknown = [s for s in segs if s not in SEGMENTS]
+            if unknown:
+                raise RowError(
+                    f"unknown segment(s) {', '.join(unknown)}; known: {', '.join(sorted(SEGMENTS))}"
+                )
+            if segs:
+                segments = f";{';'.join(dict.fromkeys(segs))};"
+        for label, value in (("name", name), ("household", household)):
+            if len(value) > MAX_TEXT:
+                raise RowError(f"{label} longer than {MAX_TEXT} characters")
+            if "\x00" in value:
+                raise RowError(f"{label} holds a NUL character")
         return {
             "phone": phone,
-            "name": get("name").strip() or None,
+            "name": name or None,
             "town_id": town.id,
             "village_id": village.id,
-            "household": get("household").strip() or None,
+            "household": household or None,
             "carrier": carrier,
             "residence": residence,
-            "segments": f";{';'.join(dict.fromkeys(segs))};" if segs else "",
+            "segments": segments,
             "created_at": self.now,
             "updated_at": self.now,
         }
 
 
-def rejects_path(path: Path) -> Path:
-    return path.with_name(f"{path.stem}.rejects.csv")
-
-
-def _rows(text: io.TextIOBase, path: Path) -> Iterator[tuple[int, list[str]]]:
+def _rows(text: io.TextIOBase, path: Path, encoding: str) -> Iterator[tuple[int, list[str]]]:
     reader = csv.reader(text)
     try:
         for row in reader:
             yield reader.line_num, row
     except UnicodeDecodeError as exc:
         raise InputFileError(
-            f"{path}, near line {reader.line_num + 1}: not {exc.encoding} "
-            f"({exc.reason}); give the file's encoding with --encoding"
+            f"{path}, line {reader.line_num + 1}: cannot decode as {encoding} ({exc.reason}); "
+            "give the file's encoding with --encoding"
         ) from None
     except csv.Error as exc:
         raise InputFileError(f"{path}, line {reader.line_num}: {exc}") from None
+
+
+class _Rejects:
+    """The rejects file, opened on the first bad row (UTF-8 with BOM, so Excel opens it)."""
+
+    def __init__(self, path: Path, header: list[str]) -> None:
+        self.path = path
+        self.header = header
+        self._fh: Any = None
+        self._writer: Any = None
+
+    def write(self, line: int, reason: str, row: list[str]) -> None:
+        if self._writer is None:
+            self._fh = self.path.open("w", encoding="utf-8-sig", newline="")
+            self._writer = csv.writer(self._fh)
+            self._writer.writerow(["line", "reason", *self.header])
+        self._writer.writerow([line, reason, *row])
+
+    @property
+    def used(self) -> bool:
+        return self._writer is not None
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
 
 
 def import_recipients_file(
@@ -204,82 +304,84 @@ def import_recipients_file(
     *,
     encoding: str | None = None,
     on_progress: Callable[[int], None] | None = None,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> ImportSummary:
-    """Import a recipient CSV; rejected rows go to `<name>.rejects.csv` beside it."""
+    """Import (upsert by phone) a recipient CSV, streaming it in chunks of `chunk_rows`.
+
+    Rejected rows go to `<stem>.rejects.csv` beside the file (a stale one is removed when
+    every row is good). A phone twice in the file: the later row wins and counts as updated.
+    `on_progress` receives byte counts as the file is read. Raises InputFileError when the
+    file cannot be read at all.
+    """
     began = time.perf_counter()
     try:
         raw = path.open("rb")
     except OSError as exc:
         raise InputFileError(f"{path}: cannot open: {exc.strerror}") from None
     with raw:
-        enc = encoding or detect_encoding(raw.read(65536))
-        raw.seek(0)
-        try:
-            codecs.lookup(enc)
-        except LookupError:
-            raise InputFileError(f"unknown encoding {enc!r}") from None
+        if encoding:
+            try:
+                enc = codecs.lookup(encoding).name
+            except LookupError:
+                raise InputFileError(f"{path}: unknown encoding {encoding!r}") from None
+        else:
+            enc = detect_encoding(raw)
+        bad = first_undecodable(raw, enc)
+        if bad is not None:
+            raise InputFileError(
+                f"{path}, line {bad[0]}: cannot decode as {enc} ({bad[1]}); "
+                "give the file's encoding with --encoding (utf-8, gb18030, ...)"
+            )
         counting = io.BufferedReader(_CountingReader(raw, on_progress), buffer_size=1 << 20)
         text = io.TextIOWrapper(counting, encoding=enc, newline="")
         summary = ImportSummary(file=str(path), encoding=enc)
-        rows = _rows(text, path)
-        try:
-            _, header = next(rows)
-        except StopIteration:
-            raise InputFileError(f"{path}: the file is empty") from None
-        if header and header[0].startswith("\ufeff"):
+        rows = _rows(text, path, enc)
+        header = next((r for _line, r in rows if any(cell.strip() for cell in r)), None)
+        if header is None:
+            raise InputFileError(f"{path}, line 1: the file is empty (no header row)")
+        if header[0].startswith("\ufeff"):
             header[0] = header[0][1:]
-        mapping = _header_map(header, path)
-        check = RowChecker(district)
-        reject_file = rejects_path(path)
-        reject_fh: Any = None
-        writer: Any = None
+        check = RowChecker(district, header_map(header, path))
+        rejects = _Rejects(rejects_path(path), header)
         chunk: dict[str, dict[str, Any]] = {}
-
-        def flush() -> None:
-            inserted, updated = upsert_recipients(engine, list(chunk.values()))
-            summary.imported += inserted
-            summary.updated += updated
-            chunk.clear()
-
         try:
             for line, row in rows:
                 if not any(cell.strip() for cell in row):
                     continue
                 summary.rows += 1
-
-                def get(key: str, row: list[str] = row) -> str:
-                    i = mapping.get(key)
-                    return row[i] if i is not None and i < len(row) else ""
-
                 try:
-                    rec = check(get)
-                except ValueError as exc:
+                    rec = check(row)
+                except RowError as exc:
                     summary.rejected += 1
-                    if writer is None:
-                        reject_fh = reject_file.open("w", encoding="utf-8-sig", newline="")
-                        writer = csv.writer(reject_fh)
-                        writer.writerow(["line", "reason", *header])
-                    writer.writerow([line, str(exc), *row])
+                    rejects.write(line, str(exc), row)
                     continue
                 summary.by_town[rec["town_id"]] += 1
                 summary.by_carrier[rec["carrier"]] += 1
-                if rec["phone"] in chunk:
-                    # The same person twice in one file: the later row wins, as an update.
+                phone = rec["phone"]
+                if phone in chunk:
+                    # The same person again in this file: the later row wins, as an update.
+                    del chunk[phone]
                     summary.updated += 1
-                chunk[rec["phone"]] = rec
-                if len(chunk) >= CHUNK_ROWS:
-                    flush()
-            if chunk:
-                flush()
+                chunk[phone] = rec
+                if len(chunk) >= chunk_rows:
+                    _flush(engine, chunk, summary)
+            _flush(engine, chunk, summary)
         finally:
-            if reject_fh is not None:
-                reject_fh.close()
-        if writer is not None:
-            summary.rejects_file = str(reject_file)
-        elif reject_file.exists():
-            reject_file.unlink()  # a stale file from an earlier run would mislead
+            rejects.close()
+        if rejects.used:
+            summary.rejects_file = str(rejects.path)
+        else:
+            rejects.path.unlink(missing_ok=True)  # a stale file from an earlier run would mislead
     summary.seconds = time.perf_counter() - began
     return summary
+
+
+def _flush(engine: Engine, chunk: dict[str, dict[str, Any]], summary: ImportSummary) -> None:
+    if chunk:
+        inserted, updated = upsert_recipients(engine, list(chunk.values()), chunk_rows=len(chunk))
+        summary.imported += inserted
+        summary.updated += updated
+        chunk.clear()
 
 
 def import_recipients(engine: Engine, district: District, path: Path) -> int:

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-import sys
+import csv
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from scheduler.cli.common import FORMAT_OPTION, OutputFormat, console, core, print_json, table
+from scheduler.cli.common import (
+    FORMAT_OPTION,
+    OutputFormat,
+    console,
+    core,
+    err_console,
+    print_json,
+    table,
+)
 from scheduler.exceptions import InputFileError, InvalidPhoneNumber, PingAnError
 from scheduler.phones import mask, normalize
-from scheduler.recipients import import_recipients_file
-from scheduler.sample_data import default_count, write_csv
+from scheduler.recipients import detect_encoding, import_recipients_file
+from scheduler.sample_data import DEFAULT_SEED, write_csv
 from scheduler.store import recipients as store
 
 app = typer.Typer(
@@ -31,10 +40,10 @@ def import_file(
     ),
     fmt: OutputFormat = FORMAT_OPTION,
 ) -> None:
-    """Import (upsert by phone) a recipient list; bad rows go to FILE.rejects.csv with reasons."""
+    """Import (upsert by phone) a recipient list; bad rows go to <name>.rejects.csv with reasons."""
     c = core(ctx)
     engine, district = c.engine, c.district
-    show = fmt == OutputFormat.table and sys.stderr.isatty()
+    show = fmt == OutputFormat.table and console.is_terminal
     size = file.stat().st_size if file.exists() else 0
     progress = Progress(
         TextColumn("importing"),
@@ -60,10 +69,18 @@ def import_file(
         return
     console.print(
         f"{file}: {summary.rows} rows ({summary.encoding}) in {summary.seconds:.1f} s: "
-        f"{summary.imported} imported, {summary.updated} updated, {summary.rejected} rejected"
+        f"{summary.imported} imported, {summary.updated} updated, {summary.rejected} rejected",
+        markup=False,
     )
     console.print(
-        table("Accepted by town", ["town", "rows"], [[k, v] for k, v in data["by_town"].items()])
+        table(
+            "Accepted by town",
+            ["town", "name", "rows"],
+            [
+                [k, district.towns_by_id[k].name if k in district.towns_by_id else "", v]
+                for k, v in data["by_town"].items()
+            ],
+        )
     )
     console.print(
         table(
@@ -73,7 +90,7 @@ def import_file(
         )
     )
     if summary.rejects_file:
-        console.print(f"rejected rows, with line and reason: {summary.rejects_file}")
+        console.print(f"rejected rows, with line and reason: {summary.rejects_file}", markup=False)
 
 
 @app.command("stats")
@@ -100,24 +117,19 @@ def opt_out(
     ctx: typer.Context,
     phones: list[str] = typer.Argument(None, help="Numbers that refused messages."),
     file: Path = typer.Option(
-        None, "--file", help="A file with one number per line (or CSV, first column)."
+        None, "--file", help="A file with one number per line (or a CSV, first column)."
     ),
     source: str = typer.Option("cli", "--source", help="Where the refusal came from."),
     reason: str = typer.Option(None, "--reason", help="Free text, e.g. 电话投诉."),
+    fmt: OutputFormat = FORMAT_OPTION,
 ) -> None:
-    """Record residents who refused messages; they stay recorded whatever later imports say."""
+    """Record residents who refused messages; they stay recorded whatever later imports say.
+
+    Exits 1 when some numbers were invalid (the valid ones are recorded all the same).
+    """
     raw: list[tuple[str, str]] = [("argument", p) for p in phones or []]
     if file is not None:
-        try:
-            text = file.read_text(encoding="utf-8-sig")
-        except UnicodeDecodeError:
-            text = file.read_text(encoding="gb18030")
-        except OSError as exc:
-            raise InputFileError(f"{file}: cannot read: {exc.strerror}") from None
-        for i, line in enumerate(text.splitlines(), start=1):
-            cell = line.split(",")[0].strip()
-            if cell and not (i == 1 and not any(ch.isdigit() for ch in cell)):
-                raw.append((f"{file}, line {i}", cell))
+        raw.extend(_opt_out_file(file))
     if not raw:
         raise PingAnError("give numbers or --file")
     valid, bad = [], []
@@ -127,25 +139,47 @@ def opt_out(
         except InvalidPhoneNumber as exc:
             bad.append(f"{where}: {exc}")
     new = store.record_opt_outs(core(ctx).engine, valid, source=source, reason=reason)
-    console.print(f"{len(valid)} recorded ({new} new)")
-    for line in bad:
-        console.print(f"rejected {line}", markup=False)
-    if valid and len(valid) <= 5:
-        console.print("numbers: " + ", ".join(mask(p) for p in valid))
+    if fmt == OutputFormat.json:
+        print_json({"recorded": len(set(valid)), "new": new, "rejected": bad})
+    else:
+        console.print(f"{len(set(valid))} recorded ({new} new)")
+        if valid and len(valid) <= 5:
+            console.print("numbers: " + ", ".join(mask(p) for p in valid))
+        for line in bad:
+            console.print(f"rejected {line}", markup=False)
     if bad:
         raise typer.Exit(1)
+
+
+def _opt_out_file(file: Path) -> Iterator[tuple[str, str]]:
+    """(where, number) from a file: one number per line, or a CSV's first column."""
+    try:
+        with file.open("rb") as fh:
+            encoding = detect_encoding(fh)
+    except OSError as exc:
+        raise InputFileError(f"{file}: cannot read: {exc.strerror}") from None
+    with file.open(encoding=encoding, newline="") as fh:
+        try:
+            for i, row in enumerate(csv.reader(fh), start=1):
+                cell = row[0].strip() if row else ""
+                # Skip blank lines and a header (a first line without digits).
+                if cell and not (i == 1 and not any(ch.isdigit() for ch in cell)):
+                    yield f"{file}, line {i}", cell
+        except UnicodeDecodeError as exc:
+            raise InputFileError(f"{file}: cannot decode as {encoding}: {exc.reason}") from None
 
 
 @app.command("generate")
 def generate(
     ctx: typer.Context,
     count: int = typer.Option(
-        None, "--count", help="Rows (default: 97% of the villages' population)."
+        None, "--count", min=0, help="Rows (default: 97% of each village's population)."
     ),
-    seed: int = typer.Option(20221001, "--seed"),
-    out: Path = typer.Option(Path("recipients/sample.csv"), "--out"),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Same seed, same file."),
+    out: Path = typer.Option(None, "--out", help="CSV to write (default: standard output)."),
 ) -> None:
-    """Write a synthetic recipient CSV consistent with the configured district."""
+    """Write a synthetic recipient CSV for the configured district (no real person's number)."""
     district = core(ctx).district
-    n = write_csv(district, out, count if count is not None else default_count(district), seed=seed)
-    console.print(f"wrote {n} synthetic recipients to {out}")
+    n = write_csv(district, out, count, seed)
+    if out is not None:
+        err_console.print(f"wrote {n} synthetic recipients to {out}")

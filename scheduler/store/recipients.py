@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from scheduler.db import transaction
@@ -55,19 +55,72 @@ def upsert_recipients(
     return inserted, updated
 
 
+_TABLE = Recipient.__table__
+# Built once: statements rebuilt per chunk (a fresh `excluded` alias, a literal IN list) made
+# SQLAlchemy keep a little of each, and memory grew with the file.
+_EXISTING = select(_TABLE.c.phone).where(_TABLE.c.phone.in_(bindparam("phones", expanding=True)))
+_UPSERTS: dict[str, Any] = {}
+_COMPILED: dict[tuple[str, tuple[str, ...]], tuple[str, list[tuple[str, Any]]]] = {}
+
+
+def _upsert_statement(conn: Connection) -> Any:
+    name = conn.dialect.name
+    if name not in _UPSERTS:
+        stmt = _dialect(conn).insert(_TABLE)
+        _UPSERTS[name] = stmt.on_conflict_do_update(
+            index_elements=["phone"],
+            set_={c: getattr(stmt.excluded, c) for c in _UPDATED_COLUMNS},
+        )
+    return _UPSERTS[name]
+
+
 def _upsert_chunk(conn: Connection, rows: Sequence[dict[str, Any]]) -> tuple[int, int]:
     if not rows:
         return 0, 0
-    table = Recipient.__table__
     phones = [r["phone"] for r in rows]
-    existing = set(conn.scalars(select(table.c.phone).where(table.c.phone.in_(phones))))
-    stmt = _dialect(conn).insert(table)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["phone"],
-        set_={c: getattr(stmt.excluded, c) for c in _UPDATED_COLUMNS},
-    )
-    conn.execute(stmt, list(rows))
+    existing = set(conn.scalars(_EXISTING, {"phones": phones}))
+    if conn.dialect.name == "sqlite":
+        _sqlite_executemany(conn, rows)
+    else:
+        # psycopg: SQLAlchemy batches the rows into multi-row VALUES statements.
+        conn.execute(_upsert_statement(conn), list(rows))
     return len(rows) - len(existing), len(existing)
+
+
+def _sqlite_executemany(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """The same upsert, compiled once and run by the driver's executemany.
+
+    SQLAlchemy would process every parameter of every row in Python (most of the import's
+    time); here only columns whose type has a bind processor (the UTC timestamps) are
+    converted, by the column types' own processors, so the stored values are the same.
+    """
+    columns = tuple(rows[0])
+    key = (conn.dialect.name, columns)
+    if key not in _COMPILED:
+        compiled = _upsert_statement(conn).compile(dialect=conn.dialect, column_keys=columns)
+        order = compiled.positiontup or []
+        _COMPILED[key] = (
+            str(compiled),
+            [
+                (n, _TABLE.c[n].type.dialect_impl(conn.dialect).bind_processor(conn.dialect))
+                for n in order
+            ],
+        )
+    sql, processors = _COMPILED[key]
+    memo: dict[tuple[str, Any], Any] = {}
+
+    def convert(name: str, proc: Any, value: Any) -> Any:
+        # An import stamps every row with the same instant: convert each value once.
+        memo_key = (name, value)
+        if memo_key not in memo:
+            memo[memo_key] = proc(value)
+        return memo[memo_key]
+
+    params = [
+        tuple(row[n] if proc is None else convert(n, proc, row[n]) for n, proc in processors)
+        for row in rows
+    ]
+    conn.exec_driver_sql(sql, params)
 
 
 def record_opt_outs(
