@@ -1,0 +1,194 @@
+"""Expanding one occurrence of 1,000,000 recipients on SQLite, against a ceiling and a baseline.
+
+    .venv/bin/python benchmarks/bench_expand.py [--recipients 1000000] [--naive 20000]
+
+Each variant runs in its own process so its peak memory (ru_maxrss) is its own:
+- pingan: `Planner.fire_scheduled` of the weekly campaign (stream recipients, classify,
+  render once per context, chunked inserts each with the occurrence cursor);
+- ceiling: a raw `sqlite3` executemany inserting the same rows into the same table;
+- naive: an ORM object per row, committed per row, on a subset, scaled to the full size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import multiprocessing as mp
+import os
+import platform
+import resource
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TZ = ZoneInfo("Asia/Shanghai")
+MONDAY = dt.datetime(2022, 10, 10, 9, 0, tzinfo=TZ)
+
+
+def _settings(db: Path) -> Any:
+    from scheduler.settings import Settings
+
+    return Settings(
+        data_dir=db.parent,
+        database_url=f"sqlite:///{db}",
+        config_dir=ROOT / "config",
+        templates_dir=ROOT / "templates" / "messages",
+        log_format="json",
+        log_level="WARNING",
+    )
+
+
+def prepare(db: Path, n: int) -> None:
+    from scheduler.core import Core
+    from tests.factories import add_recipients
+
+    core = Core(_settings(db))
+    add_recipients(core.engine, core.district, n)
+    core.close()
+
+
+def run_pingan(db: Path, out: Any) -> None:
+    from scheduler.core import Core
+    from scheduler.logs import configure_logging
+
+    configure_logging("json", "WARNING")
+    core = Core(_settings(db))
+    planner = core.planner()
+    weekly = core.campaigns.get("weekly-antifraud")
+    began = time.perf_counter()
+    result = planner.fire_scheduled(weekly, MONDAY)
+    elapsed = time.perf_counter() - began
+    core.close()
+    out.put(("pingan", elapsed, result.queued, _rss_mb()))
+
+
+def run_ceiling(db: Path, source: Path, out: Any) -> None:
+    src = sqlite3.connect(source)
+    rows = src.execute(
+        "SELECT occurrence_id, recipient_id, phone, town_id, village_id, carrier, body_id, "
+        "segments, rank, state, attempts, queued_at, next_attempt_at FROM messages"
+    ).fetchall()
+    src.close()
+    from scheduler.core import Core
+
+    Core(_settings(db)).engine.dispose()  # same schema, same indexes
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=OFF")
+    began = time.perf_counter()
+    conn.executemany(
+        "INSERT INTO messages (occurrence_id, recipient_id, phone, town_id, village_id, carrier, "
+        "body_id, segments, rank, state, attempts, queued_at, next_attempt_at) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        rows,
+    )
+    conn.commit()
+    elapsed = time.perf_counter() - began
+    conn.close()
+    out.put(("ceiling", elapsed, len(rows), _rss_mb()))
+
+
+def run_naive(db: Path, subset: int, out: Any) -> None:
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from scheduler.core import Core
+    from scheduler.models import Message, MessageBody, Occurrence, OccurrenceState, Recipient
+
+    core = Core(_settings(db))
+    engine = core.engine
+    with Session(engine) as s:
+        body = s.scalars(select(MessageBody)).first()
+        assert body is not None
+        occ = Occurrence(
+            campaign="naive",
+            scheduled_at=MONDAY,
+            kind="manual",
+            target={},
+            channel="sms",
+            priority=0,
+            state=OccurrenceState.EXPANDING,
+            paused=False,
+            queued=0,
+            excluded={},
+            cursor=0,
+            created_at=dt.datetime.now(dt.UTC),
+        )
+        s.add(occ)
+        s.commit()
+        recipients = s.scalars(select(Recipient).order_by(Recipient.id).limit(subset)).all()
+        began = time.perf_counter()
+        for r in recipients:
+            s.add(
+                Message(
+                    occurrence_id=occ.id,
+                    recipient_id=r.id,
+                    phone=r.phone,
+                    town_id=r.town_id,
+                    village_id=r.village_id,
+                    carrier=r.carrier,
+                    body_id=body.id,
+                    segments=body.segments,
+                    rank=0,
+                    queued_at=dt.datetime.now(dt.UTC),
+                    next_attempt_at=MONDAY,
+                )
+            )
+            s.commit()
+        elapsed = time.perf_counter() - began
+    core.close()
+    out.put(("naive", elapsed, len(recipients), _rss_mb()))
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(target: Any, *args: Any) -> tuple[str, float, int, float]:
+    q: Any = mp.get_context("fork").Queue()
+    p = mp.get_context("fork").Process(target=target, args=(*args, q))
+    p.start()
+    result = q.get()
+    p.join()
+    return result  # type: ignore[no-any-return]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--recipients", type=int, default=1_000_000)
+    parser.add_argument("--naive", type=int, default=20_000)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="pingan-bench-expand-"))
+    main_db, ceiling_db = work / "expand.db", work / "ceiling.db"
+    t0 = time.perf_counter()
+    prepare(main_db, args.recipients)
+    print(f"prepared {args.recipients:,} recipients in {time.perf_counter() - t0:.1f} s")
+
+    _, p_time, queued, p_rss = _child(run_pingan, main_db)
+    rate = queued / p_time
+    print(f"pingan  : {queued:,} queued in {p_time:.2f} s ({rate:,.0f}/s), peak {p_rss:.0f} MB")
+    _, c_time, c_rows, c_rss = _child(run_ceiling, ceiling_db, main_db)
+    print(f"ceiling : {c_rows:,} rows raw executemany in {c_time:.2f} s, peak {c_rss:.0f} MB")
+    _, n_time, n_rows, _ = _child(run_naive, main_db, args.naive)
+    scaled = n_time * queued / max(n_rows, 1)
+    print(f"naive   : {n_rows:,} rows in {n_time:.2f} s -> {scaled:,.0f} s scaled to {queued:,}")
+    print()
+    print(f"pingan / ceiling time : {p_time / c_time:.2f}x  (target <= 3x)")
+    print(f"naive / pingan time   : {scaled / p_time:.0f}x faster  (target >= 20x)")
+    print(f"pingan peak memory    : {p_rss:.0f} MB  (target < 300 MB)")
+    print(
+        f"machine: {platform.platform()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
+    )
+
+
+if __name__ == "__main__":
+    main()
