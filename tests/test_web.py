@@ -136,7 +136,7 @@ def test_refusal_reply_records_an_opt_out(web: tuple[Core, str]) -> None:
 
 
 def test_api_opt_outs_and_health(web: tuple[Core, str]) -> None:
-    core, base = web
+    _, base = web
     r = httpx.post(base + "/api/opt-outs", json={"phones": ["138 0000 0009", "12345"]})
     assert r.status_code == 422
     assert r.json()["recorded"] == 1
