@@ -20,6 +20,7 @@ from scheduler.exceptions import InvalidPhoneNumber
 from scheduler.logs import get_logger
 from scheduler.phones import normalize
 from scheduler.store.recipients import record_opt_outs
+from scheduler.web_reports import routes as report_routes
 
 log = get_logger("scheduler.web")
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
@@ -118,6 +119,7 @@ def create_app(core: Core, *, health: Any = None) -> Starlette:
         Route("/api/opt-outs", opt_outs, methods=["POST"]),
         Route("/api/cases", cases, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
+        *report_routes(core),
     ]
     return Starlette(routes=routes)
 

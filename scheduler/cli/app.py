@@ -13,6 +13,7 @@ from scheduler.cli import delivery as delivery_cli
 from scheduler.cli import letters as letters_cli
 from scheduler.cli import quota as quota_cli
 from scheduler.cli import recipients as recipients_cli
+from scheduler.cli import report as report_cli
 from scheduler.cli import service as service_cli
 from scheduler.cli import simulate as simulate_cli
 from scheduler.cli import templates as templates_cli
@@ -41,6 +42,8 @@ app.command("run")(service_cli.run)
 app.command("dispatch")(delivery_cli.dispatch)
 app.add_typer(delivery_cli.app, name="delivery")
 app.command("simulate")(simulate_cli.simulate_command)
+app.add_typer(report_cli.app, name="report")
+app.add_typer(report_cli.activities_app, name="activities")
 
 
 @app.callback()
