@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import time
@@ -71,7 +72,7 @@ def test_general_sms_carry_district_signature_and_opt_out(
 
 def test_rotation_gives_a_different_slogan_each_week(catalogue: Catalogue) -> None:
     picks = [catalogue.pick_from_pool("weekly-slogans", i).name for i in range(30)]
-    assert all(a != b for a, b in zip(picks, picks[1:], strict=False))
+    assert all(a != b for a, b in itertools.pairwise(picks))
 
 
 def test_only_per_recipient_templates_are_marked_so(catalogue: Catalogue) -> None:

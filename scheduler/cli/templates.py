@@ -160,7 +160,8 @@ def lint(
         )
     else:
         for p in problems:
-            console.print(str(p), markup=False, highlight=False)
+            # Plain lines, never wrapped: editors and scripts jump to file:line.
+            print(p)
         if not problems:
             console.print(f"{len(names or cat.names())} template(s) ok")
     if problems:
