@@ -249,6 +249,10 @@ class FakeTwilio:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # One segment per response, sent at once: headers and body written separately met
+    # Nagle's algorithm and delayed ACKs, 40 ms per request on keep-alive connections.
+    disable_nagle_algorithm = True
+    wbufsize = 1 << 16
     state: FakeTwilio
 
     def log_message(self, format: str, *args: Any) -> None:

@@ -1,0 +1,161 @@
+"""Dispatch throughput against the fake Twilio on 127.0.0.1, next to a ceiling and a baseline.
+
+    .venv/bin/python benchmarks/bench_dispatch.py [--messages 20000] [--concurrency 16]
+
+The fake runs as its own process. In the same run:
+- ceiling: a bare `requests` loop per thread (keep-alive, same concurrency) posting the same
+  form to the same endpoint: what HTTP alone allows here;
+- naive: a sequential loop of `client.messages.create` (the official client), on a subset;
+- pingan: `Dispatcher.run(until_empty=True)` draining an outbox of the same size on SQLite,
+  through the official client, with claims, attempts, counters and statuses recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pydantic import SecretStr  # noqa: E402
+
+from scheduler.core import Core  # noqa: E402
+from scheduler.dispatcher import Dispatcher  # noqa: E402
+from scheduler.logs import configure_logging  # noqa: E402
+from scheduler.providers import make_provider  # noqa: E402
+from scheduler.settings import DispatchSettings, Settings, TwilioSettings  # noqa: E402
+from scheduler.simulation import ManualClock  # noqa: E402
+from scheduler.testing.fake_twilio import ACCOUNT_SID, AUTH_TOKEN  # noqa: E402
+from tests.factories import add_recipients  # noqa: E402
+
+TZ = ZoneInfo("Asia/Shanghai")
+MONDAY = dt.datetime(2022, 10, 10, 9, 0, tzinfo=TZ)
+
+
+def start_fake(port: int) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scheduler.testing.fake_twilio", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
+def ceiling(base: str, n: int, concurrency: int) -> float:
+    url = f"{base}/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"
+    per = n // concurrency
+
+    def work(k: int) -> None:
+        s = requests.Session()
+        s.auth = (ACCOUNT_SID, AUTH_TOKEN)
+        for i in range(per):
+            r = s.post(
+                url,
+                data={
+                    "To": f"+86138{k:02d}{i:06d}",
+                    "Body": "【平安上虞】测试回T退订",
+                    "MessagingServiceSid": "MG1",
+                },
+            )
+            assert r.status_code == 201
+        s.close()
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(concurrency)]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return per * concurrency / (time.perf_counter() - began)
+
+
+def naive(settings: Settings, n: int) -> float:
+    from twilio.rest import Client
+
+    client = Client(ACCOUNT_SID, AUTH_TOKEN)
+    client.api.base_url = settings.twilio.base_url
+    began = time.perf_counter()
+    for i in range(n):
+        client.messages.create(
+            to=f"+8613999{i:06d}", body="【平安上虞】测试回T退订", messaging_service_sid="MG1"
+        )
+    return n / (time.perf_counter() - began)
+
+
+def pingan(settings: Settings, n: int) -> float:
+    clock = ManualClock(MONDAY + dt.timedelta(minutes=1))
+    core = Core(settings, clock=clock)
+    add_recipients(core.engine, core.district, n)
+    core.planner().fire_scheduled(core.campaigns.get("weekly-antifraud"), MONDAY)
+    d = Dispatcher(core.engine, make_provider(settings), settings, clock=clock)
+    began = time.perf_counter()
+    stats = d.run(until_empty=True)
+    elapsed = time.perf_counter() - began
+    d.close()
+    core.close()
+    assert stats.sent == n, stats
+    return n / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--naive", type=int, default=2_000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--port", type=int, default=18765)
+    args = parser.parse_args()
+    configure_logging("json", "WARNING")
+    fake, base = start_fake(args.port)
+    work = Path(tempfile.mkdtemp(prefix="pingan-bench-dispatch-"))
+    settings = Settings(
+        data_dir=work,
+        database_url=f"sqlite:///{work / 'd.db'}",
+        config_dir=ROOT / "config",
+        templates_dir=ROOT / "templates" / "messages",
+        provider="twilio",
+        twilio=TwilioSettings(
+            account_sid=ACCOUNT_SID,
+            auth_token=SecretStr(AUTH_TOKEN),
+            messaging_service_sid="MG" + "1" * 32,
+            base_url=base,
+            timeout_seconds=10,
+        ),
+        dispatch=DispatchSettings(
+            concurrency=args.concurrency, rate_per_second=1e6, batch_size=1000
+        ),
+        log_format="json",
+        log_level="WARNING",
+    )
+    try:
+        c = ceiling(base, args.messages, args.concurrency)
+        print(f"ceiling : {c:,.0f} requests/s (bare requests, {args.concurrency} threads)")
+        nv = naive(settings, args.naive)
+        print(f"naive   : {nv:,.0f} messages/s (sequential client.messages.create)")
+        p = pingan(settings, args.messages)
+        print(f"pingan  : {p:,.0f} messages/s ({args.messages:,} through the dispatcher)")
+        print()
+        print(f"pingan / ceiling : {p / c:.0%}  (target >= 70%, and >= 1,000/s)")
+        print(f"pingan / naive   : {p / nv:.1f}x")
+        print(
+            f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+        )
+    finally:
+        fake.terminate()
+        fake.wait()
+
+
+if __name__ == "__main__":
+    main()
