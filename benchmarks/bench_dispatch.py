@@ -149,9 +149,8 @@ def main() -> None:
         print()
         print(f"pingan / ceiling : {p / c:.0%}  (target >= 70%, and >= 1,000/s)")
         print(f"pingan / naive   : {p / nv:.1f}x")
-        print(
-            f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-        )
+        machine = f"{platform.platform()}, {os.cpu_count()} CPUs"
+        print(f"machine: {machine}, Python {platform.python_version()}")
     finally:
         fake.terminate()
         fake.wait()
