@@ -160,6 +160,7 @@ class Catalogue:
         self.district = district
         self.max_segments = max_segments
         self._cache: dict[str, _Parsed] = {}
+        self._listing: tuple[int, dict[str, tuple[Path, str]]] | None = None
         self._envs = {
             channel: SandboxedEnvironment(
                 loader=_CatalogueLoader(self),
@@ -174,13 +175,19 @@ class Catalogue:
     # -- files ---------------------------------------------------------------------------
 
     def _files(self) -> dict[str, tuple[Path, str]]:
+        """Template files by name; the folder is listed again only when it changes."""
+        try:
+            stamp = self.dir.stat().st_mtime_ns
+        except OSError:
+            return {}
+        if self._listing is not None and self._listing[0] == stamp:
+            return self._listing[1]
         out: dict[str, tuple[Path, str]] = {}
-        if not self.dir.is_dir():
-            return out
         for path in sorted(self.dir.iterdir()):
             split = _split(path.name)
             if split:
                 out[split[0]] = (path, split[1])
+        self._listing = (stamp, out)
         return out
 
     def _path(self, name: str) -> Path:
