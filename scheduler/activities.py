@@ -11,6 +11,7 @@ from typing import Any
 from scheduler.config import District
 from scheduler.exceptions import InputFileError, PingAnError, UnknownName
 from scheduler.store import activities as store
+from scheduler.textfiles import read_text
 
 # English column, the form's Chinese header (001 attachment 7).
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -65,18 +66,7 @@ def add(engine: Any, district: District, town: str, month: str, values: dict[str
 
 def import_file(engine: Any, district: District, path: Path) -> tuple[int, list[str]]:
     """Rows: town, month and the columns (English or the form's Chinese headers)."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot read: {exc.strerror}") from None
-    for enc in ("utf-8-sig", "gb18030"):
-        try:
-            text = raw.decode(enc)
-            break
-        except UnicodeDecodeError:
-            continue
-    else:
-        raise InputFileError(f"{path}: neither UTF-8 nor GB18030")
+    text = read_text(path)
     reader = csv.DictReader(io.StringIO(text))
     header = {h.strip(): h for h in reader.fieldnames or []}
     names = {"town": ("town", "乡镇街道", "乡镇"), "month": ("month", "月份")}

@@ -19,22 +19,10 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from pydantic import Field, field_validator, model_validator
 
-from scheduler.config import District, Frozen, Residence, parse_model, read_yaml
+from scheduler.config import SEGMENTS, District, Frozen, Residence, parse_model, read_yaml
 from scheduler.exceptions import ConfigError, UnknownName
 
 CAMPAIGNS_FILE = "campaigns.yaml"
-SEGMENTS = frozenset(
-    {
-        "student",
-        "worker",
-        "business_owner",
-        "single_woman_20_40",
-        "finance_staff",
-        "elderly",
-        "job_seeker",
-        "public_employee",
-    }
-)
 _NAME = r"^[a-z0-9][a-z0-9-]*$"
 
 

@@ -19,6 +19,7 @@ from scheduler.logs import get_logger
 from scheduler.planner import Firing
 from scheduler.sending_hours import next_allowed
 from scheduler.store import cases as store
+from scheduler.textfiles import read_text
 
 log = get_logger("scheduler.cases")
 
@@ -51,19 +52,6 @@ def amount_band(amount: int) -> str:
     if amount >= 10_000:
         return "一万至十万元"
     return "一万元以下"
-
-
-def _read_text(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot read: {exc.strerror}") from None
-    for enc in ("utf-8-sig", "gb18030"):
-        try:
-            return raw.decode(enc)
-        except UnicodeDecodeError:
-            continue
-    raise InputFileError(f"{path}: neither UTF-8 nor GB18030")
 
 
 def parse_case(core: Core, row: dict[str, str], tz: Any) -> dict[str, Any]:
@@ -102,7 +90,7 @@ def parse_case(core: Core, row: dict[str, str], tz: Any) -> dict[str, Any]:
 
 
 def import_cases(core: Core, path: Path) -> CaseImport:
-    text = _read_text(path)
+    text = read_text(path)
     reader = csv.DictReader(io.StringIO(text))
     header = {h.strip(): h for h in (reader.fieldnames or [])}
     mapping: dict[str, str] = {}

@@ -19,6 +19,19 @@ from scheduler.exceptions import ConfigError, UnknownName
 DISTRICT_FILE = "district.yaml"
 
 Residence = Literal["registered", "migrant"]
+# The audiences the seeds target (002 推送式宣传, 003), as recipient lists tag them.
+SEGMENTS = frozenset(
+    {
+        "student",
+        "worker",
+        "business_owner",
+        "single_woman_20_40",
+        "finance_staff",
+        "elderly",
+        "job_seeker",
+        "public_employee",
+    }
+)
 
 
 class Frozen(BaseModel):

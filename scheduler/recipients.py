@@ -20,8 +20,7 @@ from typing import Any, BinaryIO
 
 from sqlalchemy import Engine
 
-from scheduler.campaigns import SEGMENTS
-from scheduler.config import District, Town, Village
+from scheduler.config import SEGMENTS, District, Town, Village
 from scheduler.exceptions import InputFileError, InvalidPhoneNumber, UnknownName
 from scheduler.phones import CARRIERS, carrier_of, normalize
 from scheduler.store.recipients import stats, upsert_recipients

@@ -31,25 +31,13 @@ from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.exceptions import TemplateError as JinjaTemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
-from scheduler.config import District, Town, Village
+from scheduler.config import SEGMENTS, District, Town, Village
 from scheduler.exceptions import TemplateError, TemplateNotApproved, UnknownName
 from scheduler.sms_length import measure
 
 APPROVALS_FILE = "approvals.yaml"
 SUFFIXES = {".sms.j2": "sms", ".letter.html.j2": "letter"}
-AUDIENCES = frozenset(
-    {
-        "everyone",
-        "student",
-        "worker",
-        "business_owner",
-        "single_woman_20_40",
-        "finance_staff",
-        "elderly",
-        "job_seeker",
-        "public_employee",
-    }
-)
+AUDIENCES = SEGMENTS | {"everyone"}
 DISTRICT_VARIABLES = frozenset(
     {
         "district",

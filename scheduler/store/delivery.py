@@ -82,6 +82,20 @@ class Outcome:
     final_status: MessageState | None = None  # dry-run's simulated delivery outcome
 
 
+# Claimed's fields, in order.
+_CLAIMED = (
+    Message.id,
+    Message.occurrence_id,
+    Message.phone,
+    Message.carrier,
+    Message.town_id,
+    Message.village_id,
+    Message.segments,
+    Message.body_id,
+    Message.attempts,
+)
+
+
 def claim_due(engine: Engine, *, now: dt.datetime, limit: int) -> list[Claimed]:
     """Mark up to `limit` due queued messages `sending` and return them."""
     with transaction(engine) as s:
@@ -107,19 +121,7 @@ def claim_due(engine: Engine, *, now: dt.datetime, limit: int) -> list[Claimed]:
             .values(state=MessageState.SENDING, attempts=Message.attempts + 1, status_at=now)
         )
         rows = s.execute(
-            select(
-                Message.id,
-                Message.occurrence_id,
-                Message.phone,
-                Message.carrier,
-                Message.town_id,
-                Message.village_id,
-                Message.segments,
-                Message.body_id,
-                Message.attempts,
-            )
-            .where(Message.id.in_(ids))
-            .order_by(Message.rank, Message.id)
+            select(*_CLAIMED).where(Message.id.in_(ids)).order_by(Message.rank, Message.id)
         ).all()
         occ_ids = {r[1] for r in rows}
         s.execute(
@@ -147,18 +149,9 @@ def stuck_sending(
     """
     with engine.connect() as conn:
         rows = conn.execute(
-            select(
-                Message.id,
-                Message.occurrence_id,
-                Message.phone,
-                Message.carrier,
-                Message.town_id,
-                Message.village_id,
-                Message.segments,
-                Message.body_id,
-                Message.attempts,
-                Message.status_at,
-            ).where(Message.state == MessageState.SENDING, Message.status_at < claimed_before)
+            select(*_CLAIMED, Message.status_at).where(
+                Message.state == MessageState.SENDING, Message.status_at < claimed_before
+            )
         ).all()
     return [(Claimed(*r[:9]), r[9]) for r in rows]
 
