@@ -125,3 +125,11 @@ def test_simulate_says_which_quota_a_thin_list_misses_and_by_how_much(tmp_path: 
     short = {u["subject"]: u for u in weekly["unmet"]}
     assert "huanghu" in short
     assert short["huanghu"]["shortfall"] == short["huanghu"]["target"] - short["huanghu"]["actual"]
+
+
+def test_letter_renders_per_town_for_print(tmp_path: Path) -> None:
+    out = tmp_path / "letters"
+    pingan(tmp_path, "letters", "render", "--town", "黄湖镇", "--out", str(out))
+    html = (out / "letter-to-residents-huanghu.html").read_text(encoding="utf-8")
+    assert "黄湖镇" in html and "上虞区平安办" in html
+    assert "@page" in html and "page-break-after" in html
