@@ -240,9 +240,13 @@ class Service:
         assert sched is not None
         tz = self.core.settings.tz
         wanted = {}
+        now = self.core.clock()
         for c in self.core.campaigns.scheduled():
             trigger = c.trigger(tz)
-            if trigger is None:
+            # A campaign whose window is over has nothing left to fire (missed firings were
+            # caught up at start, within the grace period).
+            nxt = trigger.get_next_fire_time(None, now) if trigger is not None else None
+            if nxt is None or nxt < now:  # a one-off date trigger answers its past date
                 continue
             wanted[c.name] = trigger
         from apscheduler.triggers.cron import CronTrigger
