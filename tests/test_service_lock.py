@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from scheduler.core import Core
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,3 +90,38 @@ def test_second_run_is_a_standby_until_the_first_stops(core: Core) -> None:
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_the_live_scheduler_fires_a_campaign_at_its_time(core: Core, tmp_path: Path) -> None:
+    """APScheduler, with its job store in the project database, wakes the service on time."""
+    import datetime as dt
+    import shutil
+
+    if core.engine.dialect.name != "sqlite":
+        pytest.skip("one backend is enough for the clock itself")
+    config = tmp_path / "config"
+    shutil.copytree(core.settings.config_dir, config)
+    tz = core.settings.tz
+    at = (dt.datetime.now(tz) + dt.timedelta(seconds=4)).replace(microsecond=0, tzinfo=None)
+    today = at.date().isoformat()
+    (config / "campaigns.yaml").write_text(
+        "campaigns:\n"
+        "  - name: soon\n"
+        "    template: participation-ways\n"
+        f"    schedule: {{at: {at.isoformat()}}}\n"
+        f"    active: {{start: {today}, end: {today}}}\n",
+        encoding="utf-8",
+    )
+    from tests.factories import add_recipients
+
+    add_recipients(core.engine, core.district, 20)
+    core.settings.config_dir = config
+    proc = Proc(core, "live")
+    try:
+        proc.wait_for("service.active")
+        proc.wait_for("occurrence.expanded", timeout=30)
+    finally:
+        assert proc.stop() == 0
+    fired = [line for line in proc.lines if '"event": "occurrence.fired"' in line]
+    assert len(fired) == 1
+    assert f'"scheduled_at": "{at.isoformat()}+08:00"' in fired[0]
