@@ -125,3 +125,36 @@ def test_the_live_scheduler_fires_a_campaign_at_its_time(core: Core, tmp_path: P
     fired = [line for line in proc.lines if '"event": "occurrence.fired"' in line]
     assert len(fired) == 1
     assert f'"scheduled_at": "{at.isoformat()}+08:00"' in fired[0]
+
+
+def test_sighup_rebuilds_jobs_from_edited_campaigns(core: Core, tmp_path: Path) -> None:
+    import datetime as dt
+    import shutil
+
+    if core.engine.dialect.name != "sqlite":
+        pytest.skip("one backend is enough for reloading")
+    config = tmp_path / "config"
+    shutil.copytree(core.settings.config_dir, config)
+    core.settings.config_dir = config
+    proc = Proc(core, "reload")
+    try:
+        proc.wait_for("service.jobs")
+        assert not any('"nightly-test"' in line for line in proc.lines)
+        year = dt.date.today().year
+        with (config / "campaigns.yaml").open("a", encoding="utf-8") as fh:
+            fh.write(
+                "  - name: nightly-test\n"
+                "    template: participation-ways\n"
+                '    schedule: {cron: "0 9 * * mon"}\n'
+                f"    active: {{start: {year}-01-01, end: {year + 1}-12-31}}\n"
+            )
+        proc.proc.send_signal(signal.SIGHUP)
+        proc.wait_for("campaigns.reloaded")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(
+            '"service.jobs"' in line and "nightly-test" in line for line in proc.lines
+        ):
+            time.sleep(0.05)
+        assert any('"service.jobs"' in line and "nightly-test" in line for line in proc.lines)
+    finally:
+        assert proc.stop() == 0
