@@ -39,7 +39,17 @@ def test_killed_dispatcher_resumes_without_duplicates(core: Core) -> None:
     core.planner().fire_scheduled(core.campaigns.get("weekly-antifraud"), monday)
     port = _free_port()
     fake = subprocess.Popen(
-        [sys.executable, "-m", "scheduler.testing.fake_twilio", "--port", str(port)],
+        # The fake holds its answers once a third is created: the dispatcher is then certainly
+        # waiting on Twilio with a batch marked `sending`, some of it created, when killed.
+        [
+            sys.executable,
+            "-m",
+            "scheduler.testing.fake_twilio",
+            "--port",
+            str(port),
+            "--hold-after",
+            str(N // 3),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -56,8 +66,7 @@ def test_killed_dispatcher_resumes_without_duplicates(core: Core) -> None:
             PINGAN_TWILIO__MESSAGING_SERVICE_SID="MG" + "1" * 32,
             PINGAN_TWILIO__BASE_URL=base,
             PINGAN_SENDING_HOURS="00:00-23:59",
-            # Slow enough to be caught mid-batch; batches small so several commit first.
-            PINGAN_DISPATCH__RATE_PER_SECOND="400",
+            # Batches small so several commit before the hold.
             PINGAN_DISPATCH__BATCH_SIZE="200",
             PINGAN_DISPATCH__CONCURRENCY="4",
             PINGAN_LOG_FORMAT="json",
@@ -68,7 +77,7 @@ def test_killed_dispatcher_resumes_without_duplicates(core: Core) -> None:
             cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and _stats(base)["created"] < N // 3:
+        while time.monotonic() < deadline and _stats(base)["held"] < 1:
             time.sleep(0.05)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
@@ -80,9 +89,10 @@ def test_killed_dispatcher_resumes_without_duplicates(core: Core) -> None:
             )
         assert 0 < _stats(base)["created"] < N
         assert left_sending and left_sending > 0  # the kill cut a batch in half
+        release = urllib.request.Request(base + "/_fake/release", data=b"", method="POST")
+        urllib.request.urlopen(release, timeout=10).close()
 
         env["PINGAN_DISPATCH__STALE_SENDING_SECONDS"] = "0"  # the killed one is not coming back
-        env["PINGAN_DISPATCH__RATE_PER_SECOND"] = "100000"
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         stats = _stats(base)

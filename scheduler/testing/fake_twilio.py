@@ -9,7 +9,7 @@ callbacks, duplicated and out of order, as Twilio may.
 
 Run in a thread (`running_fake_twilio`) or as its own process:
     python -m scheduler.testing.fake_twilio --port 8765 --fail-429 0.1
-with GET /_fake/stats for its counters.
+with GET /_fake/stats for its counters (and POST /_fake/release to end a --hold-after).
 """
 
 from __future__ import annotations
@@ -56,6 +56,9 @@ class FakeConfig:
     permanent: dict[str, float] = field(default_factory=dict)
     undelivered_share: float = 0.0
     seed: int = 7
+    # After this many creations, hold every further create (after creating it) until
+    # POST /_fake/release: a dispatcher is then certainly waiting on Twilio, mid-batch.
+    hold_after: int | None = None
 
 
 @dataclass
@@ -105,6 +108,8 @@ class FakeTwilio:
         self.order: list[str] = []
         self.by_content: Counter[tuple[str, str]] = Counter()
         self.requests: Counter[str] = Counter()
+        self.held = 0
+        self.released = threading.Event()
         self.server: ThreadingHTTPServer | None = None
         self.base_url = ""
 
@@ -124,7 +129,19 @@ class FakeTwilio:
                 "created": len(self.messages),
                 "duplicates": sum(1 for n in self.by_content.values() if n > 1),
                 "requests": dict(self.requests),
+                "held": self.held,
             }
+
+    def hold(self) -> None:
+        """Block this request while the fake is holding (see FakeConfig.hold_after)."""
+        limit = self.config.hold_after
+        with self.lock:
+            if limit is None or len(self.messages) <= limit or self.released.is_set():
+                return
+            self.held += 1
+        self.released.wait(timeout=600)
+        with self.lock:
+            self.held -= 1
 
     def _roll(self) -> str:
         """What to do with one create request."""
@@ -337,6 +354,10 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.state
         length = int(self.headers.get("Content-Length", "0"))
         raw = self.rfile.read(length).decode()
+        if self.path == "/_fake/release":
+            state.released.set()
+            self._send(200, state.stats())
+            return
         state.requests["create"] += 1
         if not self._authorised():
             self._error(401, "20003")
@@ -359,6 +380,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if outcome == "timeout":
             time.sleep(state.config.timeout_seconds)
+        state.hold()
         self._send(201, msg.as_json(state.config.account_sid))
 
 
@@ -379,6 +401,12 @@ def main() -> None:
     parser.add_argument("--fail-500", type=float, default=0.0)
     parser.add_argument("--timeouts", type=float, default=0.0)
     parser.add_argument("--permanent", type=float, default=0.0, help="share answered 21211")
+    parser.add_argument(
+        "--hold-after",
+        type=int,
+        default=None,
+        help="after N creations, hold each further response until POST /_fake/release",
+    )
     args = parser.parse_args()
     fake = FakeTwilio(
         FakeConfig(
@@ -386,6 +414,7 @@ def main() -> None:
             fail_500_after_create=args.fail_500,
             timeout_after_create=args.timeouts,
             permanent={"21211": args.permanent} if args.permanent else {},
+            hold_after=args.hold_after,
         )
     )
     url = fake.start(port=args.port)
