@@ -36,7 +36,10 @@ class Core:
 
     @cached_property
     def engine(self) -> Engine:
-        engine = make_engine(self.settings.effective_database_url)
+        engine = make_engine(
+            self.settings.effective_database_url,
+            sqlite_synchronous=self.settings.sqlite_synchronous,
+        )
         ensure_schema(engine)
         return engine
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,25 +31,29 @@ _upgraded: set[str] = set()
 _lock = threading.Lock()
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+_SYNCHRONOUS = {"off": "OFF", "normal": "NORMAL", "full": "FULL"}
+
+
+def make_engine(url: str, *, sqlite_synchronous: str = "normal", **kwargs: Any) -> Engine:
     """An engine tuned for its backend: WAL and a busy timeout on SQLite, pre-ping on PostgreSQL."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
-        event.listen(engine, "connect", _sqlite_pragmas)
+        synchronous = _SYNCHRONOUS[sqlite_synchronous]
+
+        def pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        event.listen(engine, "connect", pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.close()
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -109,6 +113,21 @@ def executemany(session: Session, sql: str, rows: Sequence[tuple[Any, ...]]) -> 
 def db_time(value: dt.datetime | None, dialect_name: str) -> Any:
     """An aware datetime in the form UTCDateTime stores it, for `executemany`."""
     return _UTC.process_bind_param(value, _DIALECTS[dialect_name])
+
+
+def db_time_cache(dialect_name: str) -> Callable[[dt.datetime | None], Any]:
+    """`db_time` remembered per value: a batch shares a few timestamps across its rows."""
+    dialect = _DIALECTS[dialect_name]
+    seen: dict[dt.datetime | None, Any] = {None: None}
+
+    def convert(value: dt.datetime | None) -> Any:
+        try:
+            return seen[value]
+        except KeyError:
+            seen[value] = out = _UTC.process_bind_param(value, dialect)
+            return out
+
+    return convert
 
 
 @contextmanager

@@ -28,6 +28,9 @@ class DryRunSettings(BaseModel):
     """The dry-run provider logs JSON lines and simulates delivery: nothing needs an account."""
 
     log_file: Path | None = None
+    # The log is the dry-run provider's record of what it "sent" (reconciliation after a crash
+    # reads it); the simulator, which throws its scratch folder away, turns it off.
+    write_log: bool = True
     show_numbers: bool = False
     delivered_share: float = Field(0.97, ge=0, le=1)
     undelivered_share: float = Field(0.02, ge=0, le=1)
@@ -70,6 +73,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("var")
     database_url: str = ""
+    # SQLite's PRAGMA synchronous. `normal` (WAL) survives a crashed process; `full` also a
+    # power cut, at one fsync per commit; `off` is for scratch databases (the simulator's).
+    sqlite_synchronous: Literal["off", "normal", "full"] = "normal"
     config_dir: Path = Path("config")
     templates_dir: Path = Path("templates/messages")
     reports_dir: Path | None = None

@@ -183,7 +183,9 @@ def simulate(
             "database_url": f"sqlite:///{db_file}",
             "data_dir": workdir,
             "provider": "dryrun",
-            "dryrun": settings.dryrun.model_copy(update={"seed": seed, "log_file": None}),
+            # A scratch database thrown away afterwards: no fsync, no provider log.
+            "sqlite_synchronous": "off",
+            "dryrun": settings.dryrun.model_copy(update={"seed": seed, "write_log": False}),
             "dispatch": settings.dispatch.model_copy(
                 update={
                     "rate_per_second": 1e9,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine
 
-from scheduler.db import current_revision, head_revision
+from scheduler.db import current_revision, head_revision, make_engine
 from scheduler.migrations_filter import include_object
 from scheduler.models import Base
 
@@ -18,3 +21,14 @@ def test_upgrade_head_matches_models(engine: Engine) -> None:
             conn, opts={"compare_type": True, "include_object": include_object}
         )
         assert compare_metadata(ctx, Base.metadata) == []
+
+
+@pytest.mark.parametrize(("setting", "pragma"), [("off", 0), ("normal", 1), ("full", 2)])
+def test_sqlite_synchronous_setting_reaches_every_connection(
+    tmp_path: Path, setting: str, pragma: int
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}", sqlite_synchronous=setting)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == pragma
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    engine.dispose()

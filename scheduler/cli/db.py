@@ -14,7 +14,9 @@ app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=
 def db_upgrade(ctx: typer.Context, revision: str = typer.Argument("head")) -> None:
     """Bring the database to the current schema (or REVISION)."""
     settings = core(ctx).settings
-    engine = make_engine(settings.effective_database_url)
+    engine = make_engine(
+        settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous
+    )
     upgrade(engine, revision)
     console.print(f"database at revision {current_revision(engine)}")
     engine.dispose()
@@ -24,6 +26,8 @@ def db_upgrade(ctx: typer.Context, revision: str = typer.Argument("head")) -> No
 def db_current(ctx: typer.Context) -> None:
     """Show the database's revision and the newest one this version knows."""
     settings = core(ctx).settings
-    engine = make_engine(settings.effective_database_url)
+    engine = make_engine(
+        settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous
+    )
     console.print(f"current: {current_revision(engine)}  head: {head_revision(engine)}")
     engine.dispose()
