@@ -70,6 +70,7 @@ class Expander:
         self.chunk_size = chunk_size
         self.stop = stop or threading.Event()
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        self._villages = {t.id: frozenset(v.id for v in t.villages) for t in district.towns}
 
     def expand(self, campaign: Campaign, occ: Occurrence) -> ExpansionResult:
         """Expand (or resume expanding) `occ`; does nothing to one already expanded."""
@@ -214,8 +215,8 @@ class Expander:
         counts: dict[int, int],
         reached: set[int],
     ) -> tuple[str | None, TemplateInfo | None]:
-        town = self.district.towns_by_id.get(r.town_id)
-        if town is None or r.village_id not in {v.id for v in town.villages}:
+        villages = self._villages.get(r.town_id)
+        if villages is None or r.village_id not in villages:
             return INVALID, None
         if not self._in_audience(campaign, occ, r):
             return OUTSIDE_AUDIENCE, None

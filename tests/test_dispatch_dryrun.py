@@ -21,7 +21,7 @@ from scheduler.models import (
 )
 from scheduler.providers import make_provider
 from scheduler.simulation import ManualClock
-from scheduler.store import outbox
+from scheduler.store import delivery, outbox
 from tests.factories import add_recipients
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -109,3 +109,43 @@ def test_messages_left_sending_by_a_crash_are_reconciled_not_lost(core: Core) ->
     assert stats.sent == 10
     lines = core.settings.dryrun_log_file.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 10
+
+
+def test_claims_take_the_higher_priority_first_in_id_order(core: Core) -> None:
+    add_recipients(core.engine, core.district, 30)
+    monday = dt.datetime(2022, 10, 31, 9, 0, tzinfo=TZ)
+    planner = core.planner()
+    weekly = planner.fire_scheduled(core.campaigns.get("weekly-antifraud"), monday)
+    survey = planner.fire_scheduled(
+        core.campaigns.get("survey-notice"), monday + dt.timedelta(hours=1)
+    )
+    now = monday + dt.timedelta(hours=2)
+    first = delivery.claim_due(core.engine, now=now, limit=40)
+    # survey-notice (priority 10) before weekly-antifraud (priority 5), each in id order.
+    assert [c.occurrence_id for c in first] == [survey.occurrence_id] * 30 + [
+        weekly.occurrence_id
+    ] * 10
+    ids = [c.id for c in first]
+    assert ids[:30] == sorted(ids[:30]) and ids[30:] == sorted(ids[30:])
+    assert all(c.attempts == 1 for c in first)
+    rest = delivery.claim_due(core.engine, now=now, limit=40)
+    assert len(rest) == 20 and not {c.id for c in rest} & set(ids)
+    assert delivery.claim_due(core.engine, now=now, limit=40) == []
+    with Session(core.engine) as s:
+        states = dict(s.execute(select(Message.state, func.count()).group_by(Message.state)).all())
+        occ_states = set(s.scalars(select(Occurrence.state)))
+    assert states == {MessageState.SENDING: 60}
+    assert occ_states == {OccurrenceState.SENDING}
+
+
+def test_dryrun_without_its_log_sends_and_writes_nothing(core: Core) -> None:
+    settings = core.settings.model_copy(
+        update={"dryrun": core.settings.dryrun.model_copy(update={"write_log": False})}
+    )
+    clock = ManualClock(MONDAY + dt.timedelta(minutes=5))
+    core.clock = clock
+    _setup(core, 50)
+    d = Dispatcher(core.engine, make_provider(settings), settings, clock=clock)
+    assert d.run(until_empty=True).sent == 50
+    d.close()
+    assert not settings.dryrun_log_file.exists()

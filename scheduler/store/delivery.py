@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from scheduler.db import db_time, executemany, transaction
+from scheduler.db import db_time_cache, executemany, transaction
 from scheduler.models import (
     Message,
     MessageBody,
@@ -97,9 +97,14 @@ _CLAIMED = (
 
 
 def claim_due(engine: Engine, *, now: dt.datetime, limit: int) -> list[Claimed]:
-    """Mark up to `limit` due queued messages `sending` and return them."""
+    """Mark up to `limit` due queued messages `sending` and return them, in send order.
+
+    One statement: the due rows (locked, skipping rows another dispatcher holds, on
+    PostgreSQL) in a CTE, updated and returned by the same UPDATE.
+    """
     with transaction(engine) as s:
-        q = (
+        conn = s.connection()
+        due = (
             select(Message.id)
             .join(Occurrence, Occurrence.id == Message.occurrence_id)
             .where(
@@ -110,26 +115,25 @@ def claim_due(engine: Engine, *, now: dt.datetime, limit: int) -> list[Claimed]:
             .order_by(Message.rank, Message.id)
             .limit(limit)
         )
-        if s.get_bind().dialect.name == "postgresql":
-            q = q.with_for_update(of=Message, skip_locked=True)
-        ids = list(s.scalars(q))
-        if not ids:
-            return []
-        s.execute(
+        if conn.dialect.name == "postgresql":
+            due = due.with_for_update(of=Message, skip_locked=True)
+        due_cte = due.cte("due")
+        returned = conn.execute(
             update(Message)
-            .where(Message.id.in_(ids))
+            .where(Message.id == due_cte.c.id)
             .values(state=MessageState.SENDING, attempts=Message.attempts + 1, status_at=now)
-        )
-        rows = s.execute(
-            select(*_CLAIMED).where(Message.id.in_(ids)).order_by(Message.rank, Message.id)
+            .returning(Message.rank, *_CLAIMED)
         ).all()
-        occ_ids = {r[1] for r in rows}
-        s.execute(
+        if not returned:
+            return []
+        rows: list[Any] = sorted(returned, key=lambda r: (r[0], r[1]))  # RETURNING has no order
+        occ_ids = {r[2] for r in rows}
+        conn.execute(
             update(Occurrence)
             .where(Occurrence.id.in_(occ_ids), Occurrence.state == OccurrenceState.READY)
             .values(state=OccurrenceState.SENDING)
         )
-    return [Claimed(*r) for r in rows]
+    return [Claimed(*r[1:]) for r in rows]
 
 
 def bodies(engine: Engine, ids: Iterable[int]) -> dict[int, str]:
@@ -156,6 +160,9 @@ def stuck_sending(
     return [(Claimed(*r[:9]), r[9]) for r in rows]
 
 
+_SENT_STATES = frozenset({MessageState.SENT, MessageState.DELIVERED, MessageState.UNDELIVERED})
+
+
 def record_outcomes(
     engine: Engine, outcomes: Sequence[Outcome], *, tz: ZoneInfo
 ) -> list[tuple[str, str]]:
@@ -166,34 +173,38 @@ def record_outcomes(
     if not outcomes:
         return []
     increments: list[CounterIncrement] = []
+    days: dict[dt.datetime, dt.date] = {}
     with transaction(engine) as s:
-        rows: list[dict[str, Any]] = []
+        t = db_time_cache(s.get_bind().dialect.name)
+        updates: list[tuple[Any, ...]] = []
         for o in outcomes:
             state = o.state
             if state == MessageState.SENT and o.final_status is not None:
                 state = o.final_status
-            sent = state in (
-                MessageState.SENT,
-                MessageState.DELIVERED,
-                MessageState.UNDELIVERED,
-            ) or (state == MessageState.FAILED and o.provider_message_id is not None)
-            rows.append(
-                {
-                    "mid": o.message.id,
-                    "state": state,
-                    "provider": o.provider,
-                    "provider_message_id": o.provider_message_id,
-                    "error_code": o.error_code,
-                    "sent_at": o.at if sent else None,
-                    "status_at": o.at,
-                    "next_attempt_at": o.next_attempt_at,
-                }
+            sent = state in _SENT_STATES or (
+                state == MessageState.FAILED and o.provider_message_id is not None
+            )
+            at = t(o.at)
+            updates.append(
+                (
+                    str(state),
+                    o.provider,
+                    o.provider_message_id,
+                    o.error_code,
+                    at if sent else None,
+                    at,
+                    t(o.next_attempt_at),
+                    o.message.id,
+                )
             )
             if sent:
                 m = o.message
+                day = days.get(o.at)
+                if day is None:
+                    day = days[o.at] = local_day(o.at, tz)
                 increments.append(
                     CounterIncrement(
-                        local_day(o.at, tz),
+                        day,
                         m.town_id,
                         m.village_id,
                         m.carrier,
@@ -201,33 +212,17 @@ def record_outcomes(
                         delivered=1 if state == MessageState.DELIVERED else 0,
                     )
                 )
-        name = s.get_bind().dialect.name
         executemany(
             s,
             "UPDATE messages SET state = ?, provider = ?, provider_message_id = ?, "
             "error_code = ?, sent_at = ?, status_at = ?, next_attempt_at = ? WHERE id = ?",
-            [
-                (
-                    str(r["state"]),
-                    r["provider"],
-                    r["provider_message_id"],
-                    r["error_code"],
-                    db_time(r["sent_at"], name),
-                    db_time(r["status_at"], name),
-                    db_time(r["next_attempt_at"], name),
-                    r["mid"],
-                )
-                for r in rows
-            ],
+            updates,
         )
         executemany(
             s,
             "INSERT INTO attempts (message_id, attempted_at, outcome, error_code, detail) "
             "VALUES (?, ?, ?, ?, ?)",
-            [
-                (o.message.id, db_time(o.at, name), o.attempt_outcome, o.error_code, o.detail)
-                for o in outcomes
-            ],
+            [(o.message.id, t(o.at), o.attempt_outcome, o.error_code, o.detail) for o in outcomes],
         )
         bump_counters(s, increments)
         pmids = [o.provider_message_id for o in outcomes if o.provider_message_id]

@@ -7,16 +7,16 @@ so an expansion killed at any point resumes after the last committed recipient.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from scheduler.db import db_time, executemany, transaction
+from scheduler.db import db_time_cache, executemany, transaction
 from scheduler.models import (
     Message,
     MessageBody,
@@ -41,8 +41,7 @@ def _rowcount(result: Any) -> int:
     return int(result.rowcount)
 
 
-@dataclass(frozen=True)
-class RecipientRow:
+class RecipientRow(NamedTuple):
     id: int
     phone: str
     name: str | None
@@ -167,6 +166,12 @@ def set_paused(engine: Engine, occurrence_id: int, paused: bool) -> bool:
         return _rowcount(result) == 1
 
 
+@functools.lru_cache(maxsize=1024)
+def _segments(stored: str | None) -> tuple[str, ...]:
+    """A recipient's `;`-separated segments; a list shares a handful of distinct values."""
+    return tuple(x for x in (stored or "").split(";") if x)
+
+
 def iter_recipient_batches(
     engine: Engine, *, after_id: int, batch_size: int
 ) -> Iterator[list[RecipientRow]]:
@@ -196,17 +201,7 @@ def iter_recipient_batches(
         if not rows:
             return
         yield [
-            RecipientRow(
-                id=r[0],
-                phone=r[1],
-                name=r[2],
-                town_id=r[3],
-                village_id=r[4],
-                carrier=r[5],
-                residence=r[6],
-                segments=tuple(x for x in (r[7] or "").split(";") if x),
-                opted_out=bool(r[8]),
-            )
+            RecipientRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], _segments(r[7]), bool(r[8]))
             for r in rows
         ]
         cursor = rows[-1][0]
@@ -330,14 +325,7 @@ def write_chunk(
 
     Rows that already exist for (occurrence, recipient) are skipped, never duplicated.
     """
-    name = engine.dialect.name
-    times: dict[dt.datetime, Any] = {}
-
-    def t(value: dt.datetime) -> Any:
-        if value not in times:
-            times[value] = db_time(value, name)
-        return times[value]
-
+    t = db_time_cache(engine.dialect.name)
     with transaction(engine) as s:
         executemany(
             s,
