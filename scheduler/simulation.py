@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -163,6 +164,26 @@ def simulate(
     quota check day as they would live. Returns every rule's attainment for each window that
     ended within the period.
     """
+    began = time.perf_counter()
+    # A folder the caller names is kept (to look at the database afterwards); our own temp
+    # folder (hundreds of MB for a quarter) is removed when the run ends.
+    workdir = scratch or Path(tempfile.mkdtemp(prefix="pingan-sim-"))
+    try:
+        return _simulate_in(settings, start_day, end_day, recipients_file, seed, workdir, began)
+    finally:
+        if scratch is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _simulate_in(
+    settings: Settings,
+    start_day: dt.date,
+    end_day: dt.date,
+    recipients_file: Path,
+    seed: int,
+    workdir: Path,
+    began: float,
+) -> SimulationResult:
     from scheduler.dispatcher import Dispatcher
     from scheduler.providers import make_provider
     from scheduler.quotas import load_rules, status, windows
@@ -170,11 +191,9 @@ def simulate(
     from scheduler.store.delivery import state_counts
     from scheduler.topups import check_quotas, check_trigger
 
-    began = time.perf_counter()
     tz = settings.tz
     start = dt.datetime.combine(start_day, dt.time(0), tz)
     end = dt.datetime.combine(end_day, dt.time(23, 59, 59), tz)
-    workdir = scratch or Path(tempfile.mkdtemp(prefix="pingan-sim-"))
     workdir.mkdir(parents=True, exist_ok=True)
     db_file = workdir / "simulation.db"
     db_file.unlink(missing_ok=True)

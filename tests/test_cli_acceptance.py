@@ -14,9 +14,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def pingan(tmp_path: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+def pingan(
+    tmp_path: Path, *args: str, ok: bool = True, **extra_env: str
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PINGAN_")}
-    env.update(PINGAN_DATA_DIR=str(tmp_path / "var"), PINGAN_LOG_FORMAT="json")
+    env.update(PINGAN_DATA_DIR=str(tmp_path / "var"), PINGAN_LOG_FORMAT="json", **extra_env)
     done = subprocess.run(
         [sys.executable, "-m", "scheduler", *args],
         cwd=ROOT,
@@ -105,6 +107,8 @@ def test_quota_targets_reproduce_the_seed_table(tmp_path: Path) -> None:
 def test_simulate_says_which_quota_a_thin_list_misses_and_by_how_much(tmp_path: Path) -> None:
     csv = tmp_path / "thin.csv"
     pingan(tmp_path, "recipients", "generate", "--count", "400", "--out", str(csv))
+    temp = tmp_path / "temp"
+    temp.mkdir()
     done = pingan(
         tmp_path,
         "simulate",
@@ -117,8 +121,10 @@ def test_simulate_says_which_quota_a_thin_list_misses_and_by_how_much(tmp_path: 
         "--format",
         "json",
         ok=False,
+        TMPDIR=str(temp),
     )
     assert done.returncode == 1, done.stderr
+    assert list(temp.iterdir()) == []  # its scratch database went with it
     data = json.loads(done.stdout)
     assert data["all_met"] is False
     weekly = next(r for r in data["rules"] if r["rule"] == "town-weekly-oct")
