@@ -144,8 +144,14 @@ class Expander:
         queued_so_far = outbox.count_messages(self.engine, occ.id) if occ.cursor else 0
         bodies: dict[tuple[Any, ...], tuple[int, int]] = {}
         extra = target.get("extra") or {}
+        # An occurrence aimed at one town or village (a top-up, a local-case alert) reads only
+        # its residents; `_in_audience` still checks every row.
         for batch in outbox.iter_recipient_batches(
-            self.engine, after_id=occ.cursor, batch_size=self.chunk_size
+            self.engine,
+            after_id=occ.cursor,
+            batch_size=self.chunk_size,
+            town_id=target.get("town"),
+            village_id=target.get("village"),
         ):
             lo, hi = batch[0].id, batch[-1].id
             counts = outbox.messages_per_recipient(self.engine, cap_occurrences, lo, hi)

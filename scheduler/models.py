@@ -117,7 +117,11 @@ class Recipient(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
-    __table_args__ = (Index("ix_recipients_town_village", "town_id", "village_id"),)
+    __table_args__ = (
+        Index("ix_recipients_town_village", "town_id", "village_id"),
+        # One town's residents in id order without a sort: top-ups page through them.
+        Index("ix_recipients_town_id", "town_id", "id"),
+    )
 
 
 class OptOut(Base):

@@ -44,6 +44,8 @@ def test_town_behind_pace_gets_a_top_up_to_unreached_residents(core: Core) -> No
             assert n == min(o.target["limit"], residents)
             towns = set(s.scalars(select(Message.town_id).where(Message.occurrence_id == o.id)))
             assert towns <= {town}
+            # Only the town's residents are read: nobody is counted as outside the audience.
+            assert "outside_audience" not in (o.excluded or {})
     # A second check: everyone of these towns is already on the way, nobody is queued twice.
     again = check_quotas(core, clock() + dt.timedelta(minutes=5))
     assert [d["queued"] for d in again] == [0] * len(again)

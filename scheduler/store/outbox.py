@@ -173,9 +173,15 @@ def _segments(stored: str | None) -> tuple[str, ...]:
 
 
 def iter_recipient_batches(
-    engine: Engine, *, after_id: int, batch_size: int
+    engine: Engine,
+    *,
+    after_id: int,
+    batch_size: int,
+    town_id: str | None = None,
+    village_id: str | None = None,
 ) -> Iterator[list[RecipientRow]]:
-    """All recipients in id order, in keyset-paged batches, each flagged if opted out.
+    """Recipients in id order (all, or one town's or village's), in keyset-paged batches,
+    each flagged if opted out.
 
     Each batch is its own short read, so memory stays flat and writers are not blocked.
     """
@@ -195,6 +201,10 @@ def iter_recipient_batches(
         .outerjoin(OptOut, OptOut.phone == Recipient.phone)
         .order_by(Recipient.id)
     )
+    if town_id is not None:
+        q = q.where(Recipient.town_id == town_id)
+    if village_id is not None:
+        q = q.where(Recipient.village_id == village_id)
     while True:
         with engine.connect() as conn:
             rows = conn.execute(q.where(Recipient.id > cursor).limit(batch_size)).all()
