@@ -34,12 +34,16 @@ class Core:
         self.clock = clock
         self.stop = threading.Event()
 
-    @cached_property
-    def engine(self) -> Engine:
-        engine = make_engine(
+    def new_engine(self) -> Engine:
+        """An engine on the configured database, not upgraded (`pingan db` upgrades itself)."""
+        return make_engine(
             self.settings.effective_database_url,
             sqlite_synchronous=self.settings.sqlite_synchronous,
         )
+
+    @cached_property
+    def engine(self) -> Engine:
+        engine = self.new_engine()
         ensure_schema(engine)
         return engine
 

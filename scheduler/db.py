@@ -100,7 +100,7 @@ def executemany(session: Session, sql: str, rows: Sequence[tuple[Any, ...]]) -> 
     """One DBAPI executemany for a hot bulk path, written with `?` placeholders.
 
     SQLAlchemy's per-row parameter processing cost as much as the database work itself on the
-    outbox's bulk writes; callers pass values already in storage form (see `db_time`).
+    outbox's bulk writes; callers pass values already in storage form (see `db_time_cache`).
     """
     if not rows:
         return
@@ -110,13 +110,9 @@ def executemany(session: Session, sql: str, rows: Sequence[tuple[Any, ...]]) -> 
     conn.exec_driver_sql(sql, list(rows))
 
 
-def db_time(value: dt.datetime | None, dialect_name: str) -> Any:
-    """An aware datetime in the form UTCDateTime stores it, for `executemany`."""
-    return _UTC.process_bind_param(value, _DIALECTS[dialect_name])
-
-
 def db_time_cache(dialect_name: str) -> Callable[[dt.datetime | None], Any]:
-    """`db_time` remembered per value: a batch shares a few timestamps across its rows."""
+    """A converter of aware datetimes to the form UTCDateTime stores, for `executemany`;
+    remembered per value, since a batch shares a few timestamps across its rows."""
     dialect = _DIALECTS[dialect_name]
     seen: dict[dt.datetime | None, Any] = {None: None}
 

@@ -75,7 +75,7 @@ class DryRunProvider(Provider):
         """Look the message up in the log: the log is the dry-run provider's own record."""
         with self._lock:
             if self._fh is None:
-                return None  # no log, no record: the simulator never crashes half-way
+                return None  # no log, no record: after a crash, what was in flight goes again
             self._fh.flush()
             with self.log_file.open(encoding="utf-8") as fh:
                 for raw in fh:
