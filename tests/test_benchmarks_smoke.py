@@ -69,6 +69,12 @@ def test_dispatch_benchmark_runs_at_tiny_size(tmp_path: Path) -> None:
             "50",
             "--port",
             str(_free_port()),
+            "--latency-ms",
+            "5",
+            "--jitter-ms",
+            "5",
+            "--ceiling-processes",
+            "2",
         ],
         tmp_path,
     )
