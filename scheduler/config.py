@@ -6,14 +6,22 @@ A bad file raises ConfigError naming the file, the field path and the reason.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import unicodedata
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from scheduler.exceptions import ConfigError, UnknownName
 
@@ -122,6 +130,15 @@ FRAUD_TYPES = (
 _FRAUD_TYPE = r"^[\u4e00-\u9fffA-Za-z/、·]{2,16}$"
 
 
+def _check_fraud_type(text: str) -> str:
+    if not re.fullmatch(_FRAUD_TYPE, text):
+        raise ValueError(
+            f"{text!r}: a fraud type is 2-16 Chinese or Latin letters (and / 、 ·), "
+            "without spaces, digits or links"
+        )
+    return text
+
+
 def _fraud_key(text: str) -> str:
     """How a recorded type is compared with the list: NFKC (full-width forms), no spaces."""
     return "".join(unicodedata.normalize("NFKC", text).split()).casefold()
@@ -130,8 +147,20 @@ def _fraud_key(text: str) -> str:
 class FraudTypes(Frozen):
     """The fraud types an alert may name; any other is shown as `generic`."""
 
-    known: tuple[Annotated[str, Field(pattern=_FRAUD_TYPE)], ...] = FRAUD_TYPES
-    generic: str = Field("电信网络诈骗", pattern=_FRAUD_TYPE)
+    known: tuple[str, ...] = FRAUD_TYPES
+    generic: str = "电信网络诈骗"
+
+    @field_validator("known")
+    @classmethod
+    def _short_words(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for text in value:
+            _check_fraud_type(text)
+        return value
+
+    @field_validator("generic")
+    @classmethod
+    def _short_word(cls, value: str) -> str:
+        return _check_fraud_type(value)
 
     @model_validator(mode="after")
     def _unique(self) -> FraudTypes:

@@ -14,14 +14,15 @@ import threading
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from scheduler.core import Core
 from scheduler.expansion import ExpansionResult
-from scheduler.models import Message, Occurrence, OccurrenceState
+from scheduler.models import Message, Occurrence, OccurrenceState, OptOut
 from scheduler.planner import Firing
 from scheduler.settings import Settings
+from scheduler.store import outbox
 from tests.factories import add_recipients
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -146,3 +147,128 @@ def test_three_processes_at_once_keep_everyone_within_the_cap(core: Core) -> Non
     assert _most_per_resident(core) == (2, 0)
     with Session(core.engine) as s:
         assert s.scalar(select(func.count()).select_from(Message)) == 2 * N
+
+
+def test_one_occurrence_expanded_twice_at_once_is_written_once(settings: Settings) -> None:
+    """Two processes resuming the same occurrence (a CLI run during a restart): each chunk is
+    written by one of them, so messages and exclusion counts are not doubled."""
+    seed = Core(settings)
+    add_recipients(seed.engine, seed.district, 1000)
+    with Session(seed.engine) as s, s.begin():
+        for i in range(0, 1000, 100):  # ten residents opted out
+            phone = ("138", "186", "189")[i % 3] + f"{i:08d}"
+            s.add(OptOut(phone=phone, source="test", reason=None, created_at=MONDAY))
+    cores = [Core(settings) for _ in range(2)]
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def expand(core: Core) -> None:
+        try:
+            planner = core.planner(chunk_size=50)
+            start.wait()
+            planner.fire(Firing(core.campaigns.get("weekly-antifraud"), MONDAY, "weekly"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=expand, args=(c,)) for c in cores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    # Whichever stopped first, finish it as a restart would.
+    seed.planner().resume_expanding()
+    with Session(seed.engine) as s:
+        occ = s.scalars(select(Occurrence)).one()
+        total = s.scalar(select(func.count()).select_from(Message))
+    assert occ.state == OccurrenceState.READY
+    assert total == occ.queued == 990
+    assert occ.excluded == {"opted_out": 10}
+    for core in (seed, *cores):
+        core.close()
+
+
+def test_a_chunk_is_written_only_by_the_expansion_that_holds_its_cursor(
+    engine: Engine,
+) -> None:
+    occ, _ = outbox.get_or_create_occurrence(
+        engine,
+        campaign="weekly",
+        scheduled_at=MONDAY,
+        kind="scheduled",
+        channel="sms",
+        priority=0,
+        now=MONDAY,
+    )
+    other, _ = outbox.get_or_create_occurrence(
+        engine,
+        campaign="other",
+        scheduled_at=MONDAY + dt.timedelta(hours=1),
+        kind="scheduled",
+        channel="sms",
+        priority=0,
+        now=MONDAY,
+    )
+    body = outbox.ensure_body(
+        engine, text="t", template_name="t", template_hash="h", chars=1, segments=1
+    )
+
+    def rows(occurrence_id: int, ids: range) -> list[outbox.QueuedMessage]:
+        return [
+            outbox.QueuedMessage(
+                occurrence_id,
+                i,
+                f"138{i:08d}",
+                "huanghu",
+                "qingbo",
+                "mobile",
+                body,
+                1,
+                0,
+                MONDAY,
+                MONDAY,
+            )
+            for i in ids
+        ]
+
+    week = outbox.WeeklyCap(MONDAY - dt.timedelta(hours=9), MONDAY + dt.timedelta(days=7), 1)
+    first = outbox.write_capped_chunk(
+        engine,
+        occ.id,
+        rows(occ.id, range(1, 11)),
+        cap=week,
+        expect_cursor=0,
+        cursor=10,
+        excluded={"opted_out": 1},
+    )
+    assert (first.written, first.stale) == (10, False)
+    # A second expander that read the occurrence at cursor 0 writes nothing.
+    second = outbox.write_capped_chunk(
+        engine,
+        occ.id,
+        rows(occ.id, range(1, 11)),
+        cap=week,
+        expect_cursor=0,
+        cursor=10,
+        excluded={"opted_out": 1},
+    )
+    assert (second.written, second.stale) == (0, True)
+    # Another occurrence the same week: residents 1-10 are at the cap of 1, 11-15 are not;
+    # `room` keeps 3 of those.
+    third = outbox.write_capped_chunk(
+        engine,
+        other.id,
+        rows(other.id, range(1, 16)),
+        cap=week,
+        expect_cursor=0,
+        cursor=15,
+        excluded={},
+        room=3,
+    )
+    assert third.written == 3
+    assert third.excluded == {"over_cap": 10, "over_limit": 2}
+    with Session(engine) as s:
+        assert s.scalar(select(func.count()).select_from(Message)) == 13
+        stored = s.get(Occurrence, occ.id)
+        assert stored is not None
+        assert (stored.cursor, stored.excluded) == (10, {"opted_out": 1})

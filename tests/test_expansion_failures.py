@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session
 from structlog.testing import capture_logs
 
 from scheduler.cases import import_cases
+from scheduler.config import load_district
 from scheduler.core import Core
-from scheduler.exceptions import PingAnError, UnknownName
+from scheduler.exceptions import ConfigError, PingAnError, UnknownName
 from scheduler.models import FraudCase, Message, MessageBody, Occurrence, OccurrenceState
 from scheduler.planner import Firing
 from scheduler.simulation import ManualClock
@@ -264,3 +265,18 @@ def test_an_event_sms_over_the_segment_limit_fails_instead_of_sending_long(
         assert occ.state == OccurrenceState.FAILED
         assert occ.error is not None and "PINGAN_MAX_SMS_SEGMENTS=1" in occ.error
         assert s.scalar(select(func.count()).select_from(Message)) == 0
+
+
+def test_the_fraud_types_list_is_validated(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    path = tmp_path / "config" / "district.yaml"
+    text = path.read_text(encoding="utf-8")
+    path.write_text(
+        text.replace("    - 刷单返利\n", "    - 点击 http://t.cn 领奖\n"), encoding="utf-8"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_district(tmp_path / "config")
+    assert any(p.startswith("fraud_types.known: ") and "点击" in p for p in caught.value.problems)
+    path.write_text(text.replace("    - 虚假征信\n", "    - 刷单返利\n"), encoding="utf-8")
+    with pytest.raises(ConfigError, match="duplicate fraud types: 刷单返利"):
+        load_district(tmp_path / "config")
