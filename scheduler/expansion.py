@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -129,13 +130,7 @@ class Expander:
 
     def fail(self, occ: Occurrence, exc: Exception | str) -> ExpansionResult:
         """Mark `occ` failed with the reason; the caller goes on with the other campaigns."""
-        reason = mask_text(
-            exc
-            if isinstance(exc, str)
-            else str(exc)
-            if isinstance(exc, PingAnError)
-            else f"{type(exc).__name__}: {exc}"
-        )
+        reason = exc if isinstance(exc, str) else describe(exc)
         bound = log.bind(occurrence_id=occ.id, campaign=occ.campaign)
         try:
             outbox.set_occurrence_state(
@@ -154,8 +149,10 @@ class Expander:
             return ExpansionResult(
                 occ.id, OccurrenceState.EXPANDING, occ.queued, error=reason, campaign=occ.campaign
             )
-        unexpected = not isinstance(exc, (str, PingAnError))
-        bound.error("occurrence.failed", reason=reason, exc_info=unexpected)
+        if isinstance(exc, (str, PingAnError)):
+            bound.error("occurrence.failed", reason=reason)
+        else:
+            bound.error("occurrence.failed", reason=reason, traceback=masked_traceback(exc))
         fresh = outbox.get_occurrence(self.engine, occ.id)
         return result_of(fresh or occ)
 
@@ -433,6 +430,18 @@ class Expander:
             folder=str(out),
         )
         return ExpansionResult(occ.id, OccurrenceState.DONE, len(towns), campaign=occ.campaign)
+
+
+def describe(exc: BaseException) -> str:
+    """An error as one line for an operator, phone numbers masked (a database error quotes
+    its parameters)."""
+    text = str(exc) if isinstance(exc, PingAnError) else f"{type(exc).__name__}: {exc}"
+    return mask_text(text)
+
+
+def masked_traceback(exc: BaseException) -> str:
+    """The traceback of an unexpected error for the log, phone numbers masked."""
+    return mask_text("".join(traceback.format_exception(exc)))
 
 
 def result_of(occ: Occurrence) -> ExpansionResult:

@@ -15,7 +15,13 @@ from zoneinfo import ZoneInfo
 
 from scheduler.campaigns import Campaign, Campaigns
 from scheduler.exceptions import PingAnError, UnknownName
-from scheduler.expansion import Expander, ExpansionResult, result_of
+from scheduler.expansion import (
+    Expander,
+    ExpansionResult,
+    describe,
+    masked_traceback,
+    result_of,
+)
 from scheduler.logs import get_logger
 from scheduler.models import Occurrence, OccurrenceState
 from scheduler.store import outbox
@@ -102,9 +108,14 @@ class Planner:
                     results.append(self.fire_scheduled(c, t))
                 elif existing.state == OccurrenceState.FAILED:
                     results.append(result_of(existing))
-            except Exception:
+            except Exception as exc:
                 # Not the occurrence's fault (the expander records those): the database, say.
-                log.exception("occurrence.catch_up_failed", campaign=c.name)
+                log.error(
+                    "occurrence.catch_up_failed",
+                    campaign=c.name,
+                    error=describe(exc),
+                    traceback=masked_traceback(exc),
+                )
         results.extend(self.resume_expanding())
         return results
 

@@ -22,7 +22,7 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from scheduler.core import Core
-from scheduler.expansion import ExpansionResult
+from scheduler.expansion import ExpansionResult, describe, masked_traceback
 from scheduler.logs import get_logger
 from scheduler.models import OccurrenceState
 from scheduler.planner import Planner
@@ -314,10 +314,15 @@ class Service:
                 return
             try:
                 planner.fire_scheduled(campaign, t)
-            except Exception:
+            except Exception as exc:
                 # The expander records an occurrence's own failure; this is the database or
                 # the like. The next firing, or the catch-up at the next start, tries again.
-                log.exception("job.fire_failed", campaign=campaign_name)
+                log.error(
+                    "job.fire_failed",
+                    campaign=campaign_name,
+                    error=describe(exc),
+                    traceback=masked_traceback(exc),
+                )
 
     def _shutdown(self) -> None:
         global _active

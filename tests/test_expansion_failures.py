@@ -186,14 +186,20 @@ def test_retry_after_reapproval_sends_a_refused_monday_sms(ws: Core) -> None:
     assert _messages(ws, refused.occurrence_id) == (40, 40)
 
 
-def test_an_unexpected_error_fails_the_occurrence_not_the_caller(ws: Core) -> None:
-    # The letters folder cannot be created: an OSError, not one of ours.
-    ws.settings.data_dir.mkdir(parents=True, exist_ok=True)
+def test_an_unexpected_error_fails_the_occurrence_not_the_caller(ws: Core, tmp_path: Path) -> None:
+    # The letters folder cannot be created: an OSError, not one of ours, whose message quotes
+    # a path that looks like a phone number (it must not reach the log or the database).
+    ws.settings.data_dir = tmp_path / "13812345678"
+    ws.settings.data_dir.mkdir(parents=True)
     (ws.settings.data_dir / "letters").write_text("not a folder", encoding="utf-8")
     letter = ws.campaigns.get("open-letter")
-    result = ws.planner().fire_scheduled(letter, dt.datetime(2022, 10, 8, 9, 0, tzinfo=TZ))
+    with capture_logs() as logs:
+        result = ws.planner().fire_scheduled(letter, dt.datetime(2022, 10, 8, 9, 0, tzinfo=TZ))
     assert result.state == OccurrenceState.FAILED
     assert result.error is not None and result.error.startswith(("FileExistsError", "NotADir"))
+    assert "138****5678" in result.error and "13812345678" not in result.error
+    (failed,) = [e for e in logs if e["event"] == "occurrence.failed"]
+    assert "Traceback" in failed["traceback"] and "13812345678" not in failed["traceback"]
     (ws.settings.data_dir / "letters").unlink()
     assert ws.planner().retry(result.occurrence_id).state == OccurrenceState.DONE
 
