@@ -145,7 +145,7 @@ class Expander:
         except Exception as db_exc:
             # The database itself is failing: the occurrence stays `expanding` and is resumed
             # at the next start.
-            bound.error("occurrence.fail_not_recorded", reason=reason, error=str(db_exc))
+            bound.error("occurrence.fail_not_recorded", reason=reason, error=describe(db_exc))
             return ExpansionResult(
                 occ.id, OccurrenceState.EXPANDING, occ.queued, error=reason, campaign=occ.campaign
             )
@@ -275,7 +275,7 @@ class Expander:
                 )
             if renders.failed and not renders.ok:
                 # Nothing has rendered at all: the template is broken, not one recipient's text.
-                raise ExpansionFailed(renders.summary(renders_name(templates)))
+                raise ExpansionFailed(renders.summary(_template_names(templates)))
             written = outbox.write_capped_chunk(
                 self.engine,
                 occ.id,
@@ -451,5 +451,5 @@ def result_of(occ: Occurrence) -> ExpansionResult:
     )
 
 
-def renders_name(templates: dict[str, TemplateInfo]) -> str:
+def _template_names(templates: dict[str, TemplateInfo]) -> str:
     return ", ".join(sorted({t.name for t in templates.values()}))

@@ -530,7 +530,12 @@ class Catalogue:
             try:
                 rendered = self.render(name, self.sample_context(info))
             except TemplateError as exc:
-                problems.append(LintProblem(info.path, _error_line(str(exc)), name, str(exc)))
+                message = str(exc)
+                # The problem line names file, line and template itself.
+                reason = re.sub(
+                    rf"^{re.escape(str(info.path))}(:\d+)?: {re.escape(name)}: ", "", message
+                )
+                problems.append(LintProblem(info.path, _error_line(message), name, reason))
                 continue
             if info.channel == "sms":
                 d = self.district.district
