@@ -20,7 +20,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -70,6 +71,8 @@ CHANNEL_VARIABLES = {
     "letter": DISTRICT_VARIABLES | {"town"},
 }
 ApprovalState = Literal["approved", "changed", "never"]
+# Lint renders each template for every place; a slow one is cut short after this long.
+LINT_SECONDS = 5.0
 # Front matter is a handful of short fields; anything bigger is a mistake or an attack.
 MAX_FRONT_MATTER_BYTES = 8_192
 
@@ -502,6 +505,47 @@ class Catalogue:
             else None,
         )
 
+    def _lint_contexts(self, info: TemplateInfo) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The sample, then every village of the district (and, for an alert, every fraud
+        type it may name), labelled: a template may break a limit on one place only."""
+        yield "", self.sample_context(info)
+        if info.channel != "sms" or not info.variables & (PLACE_VARIABLES | EVENT_VARIABLES):
+            return
+        sample = self.sample_context(info)
+        kinds = self.district.fraud_types
+        types = (*kinds.known, kinds.generic) if "fraud_type" in info.variables else ("",)
+        for town, village in self.district.villages():
+            for fraud_type in types:
+                extra = {k: sample[k] for k in EVENT_VARIABLES}
+                extra.update({"fraud_type": fraud_type} if fraud_type else {})
+                label = f" (for {town.name} {village.name}{' ' + fraud_type if fraud_type else ''})"
+                yield (
+                    label,
+                    self.context(
+                        town=town,
+                        village=village,
+                        recipient={"name": sample["name"], "segments": sample["segments"]},
+                        extra=extra,
+                    ),
+                )
+
+    def _render_places(
+        self, info: TemplateInfo
+    ) -> tuple[Rendered | None, str, TemplateError | None]:
+        """The longest rendering over `_lint_contexts` and where, or the first failure."""
+        longest: tuple[Rendered | None, str] = (None, "")
+        deadline = time.monotonic() + LINT_SECONDS
+        for label, ctx in self._lint_contexts(info):
+            try:
+                rendered = self.render(info.name, ctx)
+            except TemplateError as exc:
+                return None, label, exc
+            if longest[0] is None or rendered.chars > longest[0].chars:
+                longest = (rendered, label)
+            if time.monotonic() > deadline:
+                break
+        return longest[0], longest[1], None
+
     def lint(
         self, names: Sequence[str] | None = None, *, pools_used: Sequence[str] = ()
     ) -> list[LintProblem]:
@@ -527,16 +571,18 @@ class Catalogue:
                 )
             if info.variables - allowed:
                 continue
-            try:
-                rendered = self.render(name, self.sample_context(info))
-            except TemplateError as exc:
-                message = str(exc)
+            rendered, where, failure = self._render_places(info)
+            if failure is not None:
+                message = str(failure)
                 # The problem line names file, line and template itself.
                 reason = re.sub(
                     rf"^{re.escape(str(info.path))}(:\d+)?: {re.escape(name)}: ", "", message
                 )
-                problems.append(LintProblem(info.path, _error_line(message), name, reason))
+                problems.append(
+                    LintProblem(info.path, _error_line(message), name, f"{reason}{where}")
+                )
                 continue
+            assert rendered is not None
             if info.channel == "sms":
                 d = self.district.district
                 if not rendered.text.startswith(d.signature):
@@ -561,7 +607,7 @@ class Catalogue:
                             1,
                             name,
                             f"{rendered.chars} characters make {rendered.segments} segments "
-                            f"(at most {self.max_segments})",
+                            f"(at most {self.max_segments}){where}",
                         )
                     )
         if names is None:

@@ -226,3 +226,31 @@ def test_approvals_file_with_an_alias_is_refused(catalogue: Catalogue) -> None:
     catalogue.approvals_path.write_text("a: &x {hash: abc}\nb: *x\n", encoding="utf-8")
     with pytest.raises(TemplateError, match="anchors"):
         catalogue.approval_state("survey-notice")
+
+
+def test_lint_tries_every_village_not_only_the_sample(catalogue: Catalogue) -> None:
+    path = _write(
+        catalogue,
+        "one-village",
+        "{{ village }}提醒\n{% if village == '派出所' %}{{ 'a' * 10**9 }}{% endif %}",
+    )
+    problems = catalogue.lint(["one-village"])
+    assert [(p.path, p.line) for p in problems] == [(path, 6)]
+    assert problems[0].reason.endswith("(size limit) (for 黄湖镇 派出所)")
+
+
+def test_lint_names_the_place_and_fraud_type_that_make_an_alert_too_long(
+    catalogue: Catalogue,
+) -> None:
+    # Short enough for the sample; the longest fraud type makes it a third segment.
+    _write(
+        catalogue,
+        "alert",
+        "{{ case_date }}{{ village }}发生{{ fraud_type }}案件，损失{{ amount_band }}。"
+        + "请广大居民提高警惕，不轻信、不透露、不转账，如遇可疑情况请立即拨打110或96110咨询。"
+        + "守好钱袋子，" * 8
+        + "平安",
+    )
+    (problem,) = catalogue.lint(["alert"])
+    assert "segments (at most 2) (for " in problem.reason
+    assert "网络游戏产品虚假交易" in problem.reason
