@@ -22,7 +22,9 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from scheduler.core import Core
+from scheduler.expansion import ExpansionResult, describe, masked_traceback
 from scheduler.logs import get_logger
+from scheduler.models import OccurrenceState
 from scheduler.planner import Planner
 from scheduler.store.locks import DatabaseLock
 
@@ -91,6 +93,8 @@ class Service:
         self.apscheduler: BackgroundScheduler | None = None
         self.state = "starting"
         self.background_tasks = background_tasks or []
+        # Occurrences found failed at start (catch-up); `run --once` names them and exits 1.
+        self.failed: list[ExpansionResult] = []
 
     @property
     def pidfile(self) -> Path:
@@ -130,7 +134,11 @@ class Service:
             if self.with_http:
                 self._start_http()
             self.planner = self.core.planner()
-            self.planner.catch_up(self.core.clock())
+            self.failed = [
+                r
+                for r in self.planner.catch_up(self.core.clock())
+                if r.state == OccurrenceState.FAILED
+            ]
             if self.once:
                 if self.with_dispatch:
                     dispatcher = self._dispatcher()
@@ -145,7 +153,7 @@ class Service:
                         retried=stats.retried,
                         unknown=stats.unknown,
                     )
-                return 0
+                return 1 if self.failed else 0
             self._start_apscheduler()
             if self.with_dispatch:
                 self._start_thread("dispatch", self._dispatch_forever)
@@ -304,7 +312,17 @@ class Service:
             if t is None:
                 log.info("job.nothing_due", campaign=campaign_name)
                 return
-            planner.fire_scheduled(campaign, t)
+            try:
+                planner.fire_scheduled(campaign, t)
+            except Exception as exc:
+                # The expander records an occurrence's own failure; this is the database or
+                # the like. The next firing, or the catch-up at the next start, tries again.
+                log.error(
+                    "job.fire_failed",
+                    campaign=campaign_name,
+                    error=describe(exc),
+                    traceback=masked_traceback(exc),
+                )
 
     def _shutdown(self) -> None:
         global _active

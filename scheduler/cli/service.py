@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 import time
 
 import typer
@@ -30,7 +31,9 @@ def run(
     """Run the scheduler service: fire campaigns, drain the outbox, serve webhooks.
 
     A second `pingan run` on the same database waits as a standby. SIGTERM or Ctrl-C stops
-    cleanly (exit 0); SIGHUP reloads the campaign definitions.
+    cleanly (exit 0); SIGHUP reloads the campaign definitions. A campaign that cannot be
+    expanded fails alone; with --once everything else is sent, then the failed occurrences
+    are named on stderr and the exit code is 1 (`pingan occurrences retry ID` after the fix).
     """
     c = core(ctx)
     if clock:
@@ -51,4 +54,13 @@ def run(
         once=once,
     )
     service.install_signal_handlers()
-    raise typer.Exit(service.run())
+    code = service.run()
+    failed = service.failed if once else []
+    for r in failed:
+        sys.stderr.write(f"failed: occurrence {r.occurrence_id} ({r.campaign}): {r.error}\n")
+    if failed:
+        sys.stderr.write(
+            f"{len(failed)} occurrence(s) failed; fix the cause, then "
+            "`pingan occurrences retry ID`\n"
+        )
+    raise typer.Exit(code)
