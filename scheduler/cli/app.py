@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import typer
+import typer.main
+from rich.markup import escape
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
 from scheduler.cli import campaigns as campaigns_cli
 from scheduler.cli import cases as cases_cli
@@ -80,18 +85,54 @@ def _cause_chain(exc: BaseException) -> list[str]:
     return lines
 
 
-def main() -> None:
-    """Entry point: one handler turns project errors into a message and exit code 1."""
+def _command_path(args: Sequence[str]) -> str:
+    """`pingan quota status` from the command line, for the hint after a usage error.
+
+    Errors raised in a command's body carry no context, so the path is read back from the
+    arguments through the command tree.
+    """
+    path = ["pingan"]
+    command: Any = typer.main.get_command(app)
+    for arg in args:
+        sub = getattr(command, "commands", {}).get(arg)
+        if sub is None:
+            if arg.startswith("-"):
+                continue  # a root option such as --help
+            break
+        path.append(arg)
+        command = sub
+    return " ".join(path)
+
+
+def _show_usage_error(exc: typer.TyperException, args: Sequence[str]) -> None:
+    """One line saying what is wrong and one pointing at the help: no usage dump, no traceback."""
+    if isinstance(exc, NoArgsIsHelpError):
+        # `pingan quota` alone: the group's help is the answer.
+        exc.show()
+        return
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else _command_path(args)
+    # typer checks choices with pydantic, whose messages start with "Value error, ".
+    message = " ".join(exc.format_message().replace("Value error, ", "").split())
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    if isinstance(exc, UsageError):
+        err_console.print(f"Try '{where} --help'.", highlight=False, soft_wrap=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: project errors exit 1 with their causes, usage errors exit 2 with a hint."""
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        # Without standalone mode typer returns a typer.Exit's code instead of exiting.
-        rc = app(standalone_mode=False)
+        # Without standalone mode typer returns a typer.Exit's code instead of exiting, and
+        # raises usage errors here rather than printing its own boxed panel.
+        rc = app(args=args, prog_name="pingan", standalone_mode=False)
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except PingAnError as exc:
         chain = _cause_chain(exc)
-        err_console.print(f"[bold red]error:[/] {chain[0]}", highlight=False, markup=True)
+        err_console.print(f"[bold red]error:[/] {escape(chain[0])}", highlight=False)
         for cause in chain[1:]:
-            err_console.print(f"  caused by: {cause}", highlight=False)
+            err_console.print(f"  caused by: {escape(cause)}", highlight=False)
         sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -100,10 +141,8 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except typer.TyperException as exc:
+        # typer 0.29 ships its own click: its usage errors derive from typer.TyperException,
+        # not from the separately installed click's ClickException.
+        _show_usage_error(exc, args)
+        sys.exit(getattr(exc, "exit_code", 1))

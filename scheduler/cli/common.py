@@ -4,12 +4,29 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import typer
-from rich.console import Console
+from rich import box
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
+from typer._click.exceptions import UsageError
 
 from scheduler.core import Core
 
@@ -40,10 +57,114 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+class FittingTable(Table):
+    """A table that stays whole in a narrow terminal (80 columns, Chinese names 2 cells wide).
+
+    Drawn with borders when they fit; otherwise without vertical borders and with one space
+    between columns; if even that is too wide, long cells fold onto more lines. Text is never
+    cut off at the right edge.
+    """
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        if self._narrowest(console, options) > options.max_width:
+            self.box = box.SIMPLE_HEAD
+            self.show_edge = False
+            self.pad_edge = False
+            self.padding = (0, 0)
+            if self._narrowest(console, options) > options.max_width:
+                self._fix_widths(options.max_width)
+        yield from super().__rich_console__(console, options)
+
+    def _fix_widths(self, max_width: int) -> None:
+        """Each column as wide as its longest cell word, what is left to the headers' words
+        (which then fold); only if even that is too wide do long words fold as well."""
+        columns = self.columns
+        available = max_width - (len(columns) - 1)
+        widths = [column.min_width or 1 for column in columns]
+        if sum(widths) > available:
+            for column in columns:
+                column.min_width = None
+            return
+        spare = available - sum(widths)
+        for i, column in enumerate(columns):
+            header = max((cell_len(w) for w in str(column.header).split()), default=1)
+            grow = min(spare, max(0, header - widths[i]))
+            widths[i] += grow
+            spare -= grow
+        for column, width in zip(columns, widths, strict=True):
+            column.width = width
+
+    def _narrowest(self, console: Console, options: ConsoleOptions) -> int:
+        # Measurement.get would clamp to the console's width, hiding the overflow.
+        return self.__rich_measure__(console, options).minimum
+
+
 def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Table:
-    t = Table(title=title, show_lines=False)
-    for c in columns:
-        t.add_column(c)
-    for r in rows:
-        t.add_row(*("" if v is None else str(v) for v in r))
+    """A table whose cells wrap rather than being cut: each column asks for the width of its
+    longest word (a town name, a number), so names and figures stay whole where they can."""
+    t = FittingTable(title=title, show_lines=False)
+    cells = [["" if v is None else str(v) for v in r] for r in rows]
+    for i, c in enumerate(columns):
+        longest = max((cell_len(w) for r in cells for w in r[i].split()), default=1)
+        t.add_column(c, overflow="fold", min_width=min(longest, 24))
+    for r in cells:
+        t.add_row(*r)
     return t
+
+
+def table_console() -> Console:
+    """Where tables go: the terminal at its width; when piped, COLUMNS if set, else wide
+    enough that a script reading the output gets one row per line."""
+    if console.is_terminal or "COLUMNS" in os.environ:
+        return console
+    return Console(width=200)
+
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class RateColumn(ProgressColumn):
+    """Items per second (rich's own speed column counts bytes)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.0f}/s", style="progress.data.speed")
+
+
+@contextmanager
+def progress_bar(label: str, *, show: bool) -> Iterator[ProgressCallback]:
+    """A bar with counts and rate while a long operation runs, on a terminal only.
+
+    Yields `on_progress(done, total)` for the core to call; with `show` false (piped output,
+    --format json) it does nothing, so nothing but the result reaches standard output.
+    """
+    if not show:
+        yield lambda _done, _total: None
+        return
+    progress = Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    task = progress.add_task(label, total=None)
+
+    def on_progress(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total or None)
+
+    with progress:
+        yield on_progress
+
+
+def show_progress(fmt: OutputFormat | None = None) -> bool:
+    """Bars only for a person at a terminal, never in JSON output."""
+    return console.is_terminal and fmt != OutputFormat.json
+
+
+def usage_error(message: str) -> UsageError:
+    """A usage error (exit 2, one line and a hint): options that do not go together."""
+    return UsageError(message)
