@@ -14,6 +14,7 @@ import typer
 from rich import box
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderResult
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -29,6 +30,9 @@ from rich.text import Text
 from typer._click.exceptions import UsageError
 
 from scheduler.core import Core
+from scheduler.logs import get_logger
+
+log = get_logger(__name__)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -168,3 +172,24 @@ def show_progress(fmt: OutputFormat | None = None) -> bool:
 def usage_error(message: str) -> UsageError:
     """A usage error (exit 2, one line and a hint): options that do not go together."""
     return UsageError(message)
+
+
+def refuse_unless_ready(c: Core) -> None:
+    """`pingan run`'s pre-flight: exit 1 (before the lock) on what would make every send fail,
+    log the rest as warnings (one campaign's mistake fails that campaign alone)."""
+    from scheduler.preflight import preflight
+
+    report = preflight(c)
+    for problem in report.problems:
+        if not problem.fatal:
+            log.warning("preflight.problem", problem=str(problem))
+    if report.fatal:
+        for problem in report.fatal:
+            err_console.print(escape(str(problem)), highlight=False, soft_wrap=True)
+        err_console.print(
+            "[bold red]error:[/] refusing to start: every send would fail "
+            "(fix the above; `pingan check` lists every problem)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)

@@ -7,7 +7,7 @@ import time
 
 import typer
 
-from scheduler.cli.common import core
+from scheduler.cli.common import core, refuse_unless_ready
 from scheduler.exceptions import PingAnError
 from scheduler.service import Service
 
@@ -33,6 +33,7 @@ def run(
     cleanly (exit 0); SIGHUP reloads the campaign definitions.
     """
     c = core(ctx)
+    refuse_unless_ready(c)
     if clock:
         if not once:
             raise PingAnError("--clock needs --once: the live scheduler runs on the real clock")
