@@ -48,6 +48,9 @@ class ExpansionResult:
 class Expander:
     """Expands occurrences of one district's campaigns; shared by the service, CLI and simulator."""
 
+    # Told how many recipients each chunk read (a CLI progress bar); None in the service.
+    on_progress: Callable[[int], None] | None = None
+
     def __init__(
         self,
         engine: Any,
@@ -194,6 +197,8 @@ class Expander:
                     )
                 )
             outbox.write_chunk(self.engine, occ.id, rows, cursor=hi, excluded=dict(excluded))
+            if self.on_progress is not None:
+                self.on_progress(len(batch))
             queued_so_far += len(rows)
             bound.debug("occurrence.chunk", cursor=hi, rows=len(rows))
             if self.stop.is_set():

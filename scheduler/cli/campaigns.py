@@ -9,7 +9,18 @@ from typing import Any
 
 import typer
 
-from scheduler.cli.common import FORMAT_OPTION, OutputFormat, console, core, print_json, table
+from scheduler.cli.common import (
+    FORMAT_OPTION,
+    OutputFormat,
+    console,
+    core,
+    counting,
+    print_json,
+    progress_bar,
+    recipients_total,
+    show_progress,
+    table,
+)
 from scheduler.exceptions import PingAnError
 from scheduler.models import Occurrence
 from scheduler.store import outbox
@@ -115,7 +126,12 @@ def run_campaign(
         when = c.clock().replace(microsecond=0)
     from scheduler.planner import Firing
 
-    result = c.planner().fire(Firing(campaign, when.astimezone(dt.UTC), campaign.name, "manual"))
+    planner = c.planner()
+    with progress_bar("expanding", show=show_progress(fmt)) as on_progress:
+        planner.expander.on_progress = counting(
+            on_progress, recipients_total(c, show_progress(fmt))
+        )
+        result = planner.fire(Firing(campaign, when.astimezone(dt.UTC), campaign.name, "manual"))
     data = {
         "occurrence_id": result.occurrence_id,
         "state": str(result.state),

@@ -27,15 +27,18 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+from sqlalchemy import func, select
 from typer._click.exceptions import UsageError
 
 from scheduler.core import Core
 from scheduler.logs import get_logger
+from scheduler.models import Recipient
 
 log = get_logger(__name__)
 
 console = Console()
-err_console = Console(stderr=True)
+# Messages, not tables: a long path stays on one line for whoever reads or greps it.
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class OutputFormat(enum.StrEnum):
@@ -80,15 +83,14 @@ class FittingTable(Table):
         yield from super().__rich_console__(console, options)
 
     def _fix_widths(self, max_width: int) -> None:
-        """Each column as wide as its longest cell word, what is left to the headers' words
-        (which then fold); only if even that is too wide do long words fold as well."""
+        """Each column as wide as its longest cell word, the widest trimmed first if they do
+        not all fit (their cells fold); what is left goes to the headers (which fold too)."""
         columns = self.columns
-        available = max_width - (len(columns) - 1)
+        available = max(max_width - (len(columns) - 1), len(columns))
         widths = [column.min_width or 1 for column in columns]
-        if sum(widths) > available:
-            for column in columns:
-                column.min_width = None
-            return
+        while sum(widths) > available:
+            widest = widths.index(max(widths))
+            widths[widest] -= 1
         spare = available - sum(widths)
         for i, column in enumerate(columns):
             header = max((cell_len(w) for w in str(column.header).split()), default=1)
@@ -97,6 +99,7 @@ class FittingTable(Table):
             spare -= grow
         for column, width in zip(columns, widths, strict=True):
             column.width = width
+            column.min_width = None
 
     def _narrowest(self, console: Console, options: ConsoleOptions) -> int:
         # Measurement.get would clamp to the console's width, hiding the overflow.
@@ -162,6 +165,26 @@ def progress_bar(label: str, *, show: bool) -> Iterator[ProgressCallback]:
 
     with progress:
         yield on_progress
+
+
+def counting(on_progress: ProgressCallback, total: int) -> Callable[[int], None]:
+    """Turn "n more done" reports (the expansion's chunks) into `on_progress(done, total)`."""
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        on_progress(min(done, total) if total else done, total)
+
+    return advance
+
+
+def recipients_total(c: Core, wanted: bool = True) -> int:
+    """How many residents an expansion reads at most: the bar's total (0: not counted)."""
+    if not wanted:
+        return 0
+    with c.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(Recipient)).scalar_one())
 
 
 def show_progress(fmt: OutputFormat | None = None) -> bool:

@@ -14,6 +14,8 @@ from scheduler.cli.common import (
     console,
     core,
     print_json,
+    progress_bar,
+    show_progress,
     table,
     usage_error,
 )
@@ -49,14 +51,16 @@ def simulate_command(
     first, last = _day(start, "--from"), _day(end, "--to")
     if last < first:
         raise usage_error("--to is before --from")
-    result = simulate(
-        c.settings,
-        start_day=first,
-        end_day=last,
-        recipients_file=recipients,
-        seed=seed,
-        scratch=scratch,
-    )
+    with progress_bar("simulating", show=show_progress(fmt)) as on_progress:
+        result = simulate(
+            c.settings,
+            start_day=first,
+            end_day=last,
+            recipients_file=recipients,
+            seed=seed,
+            scratch=scratch,
+            on_progress=on_progress,
+        )
     rules: list[dict[str, Any]] = []
     for st in result.statuses:
         rows = list(st.rows)
