@@ -202,7 +202,11 @@ def refuse_unless_ready(c: Core) -> None:
     log the rest as warnings (one campaign's mistake fails that campaign alone)."""
     from scheduler.preflight import preflight
 
-    report = preflight(c)
+    try:
+        report = preflight(c)
+    except Exception as exc:  # a fault in the check itself must not stop the weekly send
+        log.warning("preflight.crashed", error=f"{type(exc).__name__}: {exc}")
+        return
     for problem in report.problems:
         if not problem.fatal:
             log.warning("preflight.problem", problem=str(problem))
