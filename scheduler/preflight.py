@@ -23,17 +23,17 @@ from typing import Any
 
 import yaml
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import select
 
 from scheduler.campaigns import CAMPAIGNS_FILE, Campaign, load_campaigns
 from scheduler.config import DISTRICT_FILE, SEGMENTS, District
 from scheduler.core import Core
 from scheduler.exceptions import ConfigError, PingAnError
-from scheduler.models import Recipient
 from scheduler.phones import mask
 from scheduler.providers.base import ERRORS_FILE, ErrorInfo
 from scheduler.quotas import QUOTAS_FILE, QuotaRule
 from scheduler.settings import Settings
+from scheduler.store import outbox
+from scheduler.store.outbox import RecipientRow
 from scheduler.templating import Catalogue
 
 Loc = Sequence[str | int]
@@ -487,23 +487,15 @@ class _Checker:
             return False
         return True
 
-    def sample(self, district: District) -> list[Any]:
-        """A few residents of every town, the first by id (a stable sample)."""
-        rows: list[Any] = []
-        with self.core.engine.connect() as conn:
-            for town in district.towns:
-                rows += conn.execute(
-                    select(
-                        Recipient.phone,
-                        Recipient.name,
-                        Recipient.town_id,
-                        Recipient.village_id,
-                        Recipient.segments,
-                    )
-                    .where(Recipient.town_id == town.id)
-                    .order_by(Recipient.id)
-                    .limit(self.per_town)
-                ).all()
+    def sample(self, district: District) -> list[RecipientRow]:
+        """A few residents of every town, the first by id (a stable sample): the first batch
+        of the same keyset read the expansion uses."""
+        rows: list[RecipientRow] = []
+        for town in district.towns:
+            batches = outbox.iter_recipient_batches(
+                self.core.engine, after_id=0, batch_size=self.per_town, town_id=town.id
+            )
+            rows += next(iter(batches), [])
         self.checked["residents_sampled"] = len(rows)
         return rows
 
@@ -513,7 +505,7 @@ class _Checker:
         catalogue: Catalogue,
         campaigns: list[tuple[int, Campaign]],
         usable: dict[str, list[str]],
-        residents: list[Any],
+        residents: list[RecipientRow],
     ) -> None:
         today = self.core.clock().astimezone(self.settings.tz).date()
         for _i, c in campaigns:
@@ -526,7 +518,7 @@ class _Checker:
                 wanted = {s for s, n in (c.templates_by_segment or {}).items() if n == name}
                 extra = SAMPLE_EVENT if c.schedule.event == "fraud-case" else None
                 for r in residents:
-                    segments = [s for s in (r.segments or "").split(";") if s]
+                    segments = list(r.segments)
                     if wanted and not wanted & set(segments):
                         continue
                     town = district.towns_by_id.get(r.town_id)

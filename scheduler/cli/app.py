@@ -90,11 +90,7 @@ def check(
         print_json(report.to_dict())
     else:
         for problem in report.problems:
-            console.print(
-                ("[bold red]fatal:[/] " if problem.fatal else "") + escape(str(problem)),
-                highlight=False,
-                soft_wrap=True,
-            )
+            console.print(escape(str(problem)), highlight=False, soft_wrap=True)
         if report.ok:
             n = report.checked
             console.print(
@@ -105,7 +101,8 @@ def check(
             )
         else:
             err_console.print(
-                f"{len(report.problems)} problem(s), {len(report.fatal)} would stop every send",
+                f"{len(report.problems)} problem(s); {len(report.fatal)} would stop every send "
+                "(pingan run refuses to start on those)",
                 highlight=False,
             )
     if not report.ok:

@@ -27,12 +27,11 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import func, select
 from typer._click.exceptions import UsageError
 
 from scheduler.core import Core
 from scheduler.logs import get_logger
-from scheduler.models import Recipient
+from scheduler.store import recipients as recipient_store
 
 log = get_logger(__name__)
 
@@ -183,8 +182,7 @@ def recipients_total(c: Core, wanted: bool = True) -> int:
     """How many residents an expansion reads at most: the bar's total (0: not counted)."""
     if not wanted:
         return 0
-    with c.engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(Recipient)).scalar_one())
+    return int(recipient_store.stats(c.engine)["total"])
 
 
 def show_progress(fmt: OutputFormat | None = None) -> bool:
