@@ -105,13 +105,20 @@ class FittingTable(Table):
         return self.__rich_measure__(console, options).minimum
 
 
+def _unbroken(cell: str) -> int:
+    """Cells a value needs to stay on one line: all of a short one ("behind ✗"), the longest
+    word of a long one."""
+    width = cell_len(cell)
+    return width if width <= 10 else max((cell_len(w) for w in cell.split()), default=1)
+
+
 def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Table:
     """A table whose cells wrap rather than being cut: each column asks for the width of its
     longest word (a town name, a number), so names and figures stay whole where they can."""
     t = FittingTable(title=title, show_lines=False)
     cells = [["" if v is None else str(v) for v in r] for r in rows]
     for i, c in enumerate(columns):
-        longest = max((cell_len(w) for r in cells for w in r[i].split()), default=1)
+        longest = max((_unbroken(r[i]) for r in cells), default=1)
         t.add_column(c, overflow="fold", min_width=min(longest, 24))
     for r in cells:
         t.add_row(*r)
