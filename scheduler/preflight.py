@@ -25,7 +25,7 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from scheduler.campaigns import CAMPAIGNS_FILE, Campaign, load_campaigns
-from scheduler.config import DISTRICT_FILE, SEGMENTS, District
+from scheduler.config import DISTRICT_FILE, SEGMENTS, District, node_line
 from scheduler.core import Core
 from scheduler.exceptions import ConfigError, PingAnError
 from scheduler.phones import mask
@@ -108,19 +108,7 @@ class YamlFile:
 
     def line(self, loc: Loc) -> int | None:
         """The line of the deepest node on `loc` that exists (a missing field: its parent's)."""
-        node = self.root
-        if node is None:
-            return None
-        for key in loc:
-            child: yaml.Node | None = None
-            if isinstance(node, yaml.MappingNode):
-                child = next((v for k, v in node.value if str(k.value) == str(key)), None)
-            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
-                child = node.value[key] if 0 <= key < len(node.value) else None
-            if child is None:
-                break
-            node = child
-        return node.start_mark.line + 1
+        return node_line(self.root, loc)
 
 
 def loc_path(loc: Loc) -> str:

@@ -247,3 +247,17 @@ def test_no_database_is_fatal(
     (problem,) = report.fatal
     assert problem.file == "database"
     assert problem.reason.startswith("cannot open the database")
+
+
+def test_the_loaders_errors_carry_the_line_too(config: Path) -> None:
+    from scheduler.campaigns import load_campaigns
+    from scheduler.config import load_district
+    from scheduler.exceptions import ConfigError
+
+    line = edit(config / "campaigns.yaml", 'cron: "0 10 * * wed"', 'cron: "0 10 * * 3"')
+    with pytest.raises(ConfigError) as caught:
+        load_campaigns(config, load_district(config))
+    assert caught.value.problems == [
+        f"line {line}: campaigns[2].schedule: write weekdays as mon..sun: "
+        "APScheduler 3 counts 0 as Monday, crontab as Sunday"
+    ]
