@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from scheduler.campaigns import load_campaigns
+from scheduler.config import load_district
 from scheduler.core import Core
+from scheduler.exceptions import ConfigError
 from scheduler.preflight import preflight
 from scheduler.settings import Settings
 from tests.factories import add_recipients
@@ -250,10 +253,6 @@ def test_no_database_is_fatal(
 
 
 def test_the_loaders_errors_carry_the_line_too(config: Path) -> None:
-    from scheduler.campaigns import load_campaigns
-    from scheduler.config import load_district
-    from scheduler.exceptions import ConfigError
-
     line = edit(config / "campaigns.yaml", 'cron: "0 10 * * wed"', 'cron: "0 10 * * 3"')
     with pytest.raises(ConfigError) as caught:
         load_campaigns(config, load_district(config))
