@@ -99,10 +99,10 @@ def test_json_on_a_terminal_draws_no_bar(tmp_path: Path) -> None:
         "2022-10-10T09:00",
         "--format",
         "json",
-        # The service's logs go to the same terminal; keep them out of the JSON.
     )
     assert rc == 0, drawn
     assert "expanding" not in drawn
+    # The logs share the terminal; the JSON document is what follows them.
     start = drawn.index("{\r\n")
     data = json.loads(drawn[start:].replace("\r\n", "\n"))
     assert data["queued"] == 500
