@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -269,8 +269,34 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(path, f"{where}{getattr(exc, 'problem', exc)}") from None
 
 
-def validation_problems(exc: ValidationError) -> list[str]:
-    """Pydantic errors as `field.path: reason` lines, the path as an operator reads it."""
+def node_line(root: yaml.Node | None, loc: Sequence[str | int]) -> int | None:
+    """The line of the deepest node of a composed YAML document on the field path `loc`
+    (for a missing field, its parent's), so a message can say where to look."""
+    node = root
+    if node is None:
+        return None
+    for key in loc:
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if str(k.value) == str(key)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+            child = node.value[key] if 0 <= key < len(node.value) else None
+        if child is None:
+            break
+        node = child
+    return node.start_mark.line + 1
+
+
+def _composed(path: Path) -> yaml.Node | None:
+    try:
+        return yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+
+
+def validation_problems(exc: ValidationError, root: yaml.Node | None = None) -> list[str]:
+    """Pydantic errors as `[line N: ]field.path: reason` lines, the path as an operator reads
+    it, the line when the file's YAML nodes (`root`) are given."""
     problems = []
     for err in exc.errors():
         parts: list[str] = []
@@ -280,7 +306,9 @@ def validation_problems(exc: ValidationError) -> list[str]:
             else:
                 parts.append(("." if parts else "") + str(loc))
         where = "".join(parts) or "(top level)"
-        problems.append(f"{where}: {err['msg']}")
+        line = node_line(root, [p for p in err["loc"] if isinstance(p, str | int)])
+        at = f"line {line}: " if line else ""
+        problems.append(f"{at}{where}: {err['msg'].removeprefix('Value error, ')}")
     return problems
 
 
@@ -288,7 +316,8 @@ def parse_model(path: Path, model: type[M], data: Any) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(path, validation_problems(exc)) from None
+        # Only on failure: read the file's nodes again for the line of each problem.
+        raise ConfigError(path, validation_problems(exc, _composed(path))) from None
 
 
 def load_district(config_dir: Path) -> District:

@@ -87,6 +87,9 @@ class ExpansionResult:
 class Expander:
     """Expands occurrences of one district's campaigns; shared by the service, CLI and simulator."""
 
+    # Told how many recipients each chunk read (a CLI progress bar); None in the service.
+    on_progress: Callable[[int], None] | None = None
+
     def __init__(
         self,
         engine: Any,
@@ -299,6 +302,8 @@ class Expander:
             cursor = hi
             excluded = Counter(written.excluded)
             queued_so_far += written.written
+            if self.on_progress is not None:
+                self.on_progress(len(batch))
             bound.debug("occurrence.chunk", cursor=hi, rows=written.written)
             if self.stop.is_set():
                 bound.info("occurrence.interrupted", cursor=hi, queued=queued_so_far)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import Any, Literal
+from typing import Any, Literal, TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, WrappedLogger
@@ -23,6 +23,17 @@ def mask_phones(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> Ev
         if isinstance(value, str):
             event_dict[key] = mask_text(value)
     return event_dict
+
+
+class _CurrentStderr:
+    """Writes to whatever sys.stderr is now, so a CLI progress bar (which redirects it while
+    drawn) prints log lines above itself instead of through it."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def configure_logging(fmt: Literal["auto", "pretty", "json"] = "auto", level: str = "INFO") -> None:
@@ -44,7 +55,7 @@ def configure_logging(fmt: Literal["auto", "pretty", "json"] = "auto", level: st
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

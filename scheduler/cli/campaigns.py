@@ -14,8 +14,12 @@ from scheduler.cli.common import (
     OutputFormat,
     console,
     core,
+    counting,
     err_console,
     print_json,
+    progress_bar,
+    recipients_total,
+    show_progress,
     table,
 )
 from scheduler.exceptions import PingAnError
@@ -135,7 +139,12 @@ def run_campaign(
         when = c.clock().replace(microsecond=0)
     from scheduler.planner import Firing
 
-    result = c.planner().fire(Firing(campaign, when.astimezone(dt.UTC), campaign.name, "manual"))
+    planner = c.planner()
+    with progress_bar("expanding", show=show_progress(fmt)) as on_progress:
+        planner.expander.on_progress = counting(
+            on_progress, recipients_total(c, show_progress(fmt))
+        )
+        result = planner.fire(Firing(campaign, when.astimezone(dt.UTC), campaign.name, "manual"))
     data = _result_dict(result)
     _print_result(data, fmt)
     if result.error:

@@ -9,10 +9,16 @@ import sys
 from typing import Any
 
 import typer
-from rich.console import Console
 
 from scheduler import quotas as q
-from scheduler.cli.common import console, core, print_json, table
+from scheduler.cli.common import (
+    console,
+    core,
+    print_json,
+    table,
+    table_console,
+    usage_error,
+)
 
 app = typer.Typer(help="Quotas: targets and attainment.", no_args_is_help=True)
 
@@ -33,11 +39,6 @@ FORMAT = typer.Option(QuotaFormat.table, "--format", "-f", help="table, json or 
 RULE = typer.Option(None, "--rule", "-r", help="A rule id from config/quotas.yaml.")
 
 _STATUS_MARK = {"met": "met ✓", "on_track": "on track", "behind": "behind ✗"}
-
-
-def _out() -> Console:
-    """Wide tables stay whole when piped (rich would fold them to 80 columns)."""
-    return console if console.is_terminal else Console(width=200)
 
 
 def _write_csv(header: list[str], rows: list[list[Any]]) -> None:
@@ -86,7 +87,7 @@ def targets_cmd(ctx: typer.Context, rule: str | None = RULE, fmt: QuotaFormat = 
             [r.subject.key if r.subject else "", r.name, r.base, *r.targets]
             for r in (*t.rows, t.total)
         ]
-        _out().print(
+        table_console().print(
             table(title, ["subject", "name", t.rule.base, *[col.label for col in t.columns]], rows)
         )
 
@@ -95,7 +96,9 @@ def _parse_day(value: str) -> dt.date:
     try:
         return dt.date.fromisoformat(value)
     except ValueError:
-        raise typer.BadParameter(f"a date looks like 2022-10-12, got {value!r}") from None
+        raise typer.BadParameter(
+            f"a date looks like 2022-10-12, got {value!r}", param_hint="'--on'"
+        ) from None
 
 
 @app.command("status")
@@ -115,7 +118,7 @@ def status_cmd(
 ) -> None:
     """Attainment of each rule in its window: one row per subject, ranked, laggards marked."""
     if sum(x is not None for x in (week, month, on)) > 1:
-        raise typer.BadParameter("give at most one of --week, --month, --on")
+        raise usage_error("give at most one of --week, --month, --on")
     c = core(ctx)
     tz = c.settings.tz
     now = dt.datetime.now(dt.UTC)
@@ -134,7 +137,7 @@ def status_cmd(
         elif month:
             label = f"{q.parse_month(month):%Y-%m}"
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+        raise typer.BadParameter(str(exc), param_hint="'--week'" if week else "'--month'") from None
     if label is None:
         day = _parse_day(on) if on else now.astimezone(tz).date()
 
@@ -199,7 +202,7 @@ def status_cmd(
             f"{r.id} · {w.label} ({w.start}..{w.end})\ncounts {r.measure_label} "
             f"against {q.share_label(r.final_share)} of {r.base}"
         )
-        _out().print(
+        table_console().print(
             table(
                 title,
                 [

@@ -8,7 +8,7 @@ import time
 
 import typer
 
-from scheduler.cli.common import core
+from scheduler.cli.common import core, refuse_unless_ready
 from scheduler.exceptions import PingAnError
 from scheduler.service import Service
 
@@ -36,6 +36,7 @@ def run(
     are named on stderr and the exit code is 1 (`pingan occurrences retry ID` after the fix).
     """
     c = core(ctx)
+    refuse_unless_ready(c)
     if clock:
         if not once:
             raise PingAnError("--clock needs --once: the live scheduler runs on the real clock")
