@@ -1,6 +1,6 @@
 """The one rounding rule for quota targets, percentages and money: half up, in Decimal.
 
-Python's round() rounds halves to even (248.5 → 248) and floats carry binary noise (0.1 + 0.2);
+Python's built-in rounding takes halves to even (248.5 → 248) and floats carry binary noise (0.1 + 0.2);
 the province's tables round halves up, so every figure an office sees goes through here.
 """
 

@@ -37,7 +37,7 @@ def _fill(core: Core) -> None:
         {
             "households_visited": "15",
             "banners": 2,
-            "other": "=HYPERLINK(\"x\")",
+            "other": '=HYPERLINK("x")',
             "description": "10月10日在青波村开展平安宣讲。\n发放手册200份。",
         },
     )
@@ -75,7 +75,7 @@ def test_each_unit_has_an_attachment_7_form_bordered_on_one_a4_page(
     huanghu = next(f for f in report.forms if f.unit == "黄湖镇")
     assert ws["B6"].value == huanghu.counts["sms"] == huanghu.sms_own > 0
     assert ws["A7"].value == "其　他"
-    assert ws["B7"].value == "'=HYPERLINK(\"x\")"  # text that would run as a formula
+    assert ws["B7"].value == '\'=HYPERLINK("x")'  # text that would run as a formula
     assert ws["A8"].value == "活动开展情况（内容）"
     assert ws["B8"].value.startswith("10月10日在青波村")
     assert ws["A9"].value == "附件" and ws["B9"].value == ATTACHMENT_LINE
@@ -150,9 +150,7 @@ def _pdf_text(pdf: Path, *pages: int) -> str:
     args = ["pdftotext", "-layout"]
     if pages:
         args += ["-f", str(pages[0]), "-l", str(pages[-1])]
-    return subprocess.run(
-        [*args, str(pdf), "-"], check=True, capture_output=True, text=True
-    ).stdout
+    return subprocess.run([*args, str(pdf), "-"], check=True, capture_output=True, text=True).stdout
 
 
 def _page_count(pdf: Path) -> int:
@@ -224,4 +222,4 @@ def test_csv_cells_cannot_run_as_formulas(core: Core, tmp_path: Path) -> None:
     out = write_report(build_monthly_report(core, "2022-10"), tmp_path / "r.csv")
     text = out.read_text(encoding="utf-8-sig")
     assert "'=HYPERLINK" in text
-    assert ',=HYPERLINK' not in text and ',"=HYPERLINK' not in text
+    assert ",=HYPERLINK" not in text and ',"=HYPERLINK' not in text
