@@ -1,7 +1,8 @@
 """The one rounding rule for quota targets, percentages and money: half up, in Decimal.
 
-Python's built-in rounding takes halves to even (248.5 → 248) and floats carry binary noise (0.1 + 0.2);
-the province's tables round halves up, so every figure an office sees goes through here.
+Python's built-in rounding takes halves to even (248.5 → 248) and floats carry binary noise
+(0.1 + 0.2); the province's tables round halves up, so every figure an office sees goes through
+here.
 """
 
 from __future__ import annotations

@@ -239,7 +239,8 @@ def test_no_bare_round_on_quota_or_money_values() -> None:
     allowed = {
         (
             "scheduler/sample_data.py",
-            "round(share * (village.migrant or 0) / village.population) if village.population else 0",
+            "round(share * (village.migrant or 0) / village.population) "
+            "if village.population else 0",
         ),
         (
             "scheduler/sample_data.py",
@@ -386,7 +387,7 @@ def test_report_period_comes_from_the_environment(monkeypatch: pytest.MonkeyPatc
     s = Settings()
     assert (s.report_period, s.report_due_day) == ("previous", 3)
     monkeypatch.setenv("PINGAN_REPORT_PERIOD", "last")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="report_period"):
         Settings()
 
 

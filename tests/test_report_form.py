@@ -139,7 +139,7 @@ def test_ties_share_a_rank_and_the_next_rank_skips(core: Core) -> None:
     report = build_monthly_report(core, "2022-10")
     for st in report.quotas:
         ranks = [r.rank for r in st.rows]
-        for i, r in enumerate(st.rows):
+        for r in st.rows:
             tied = [x for x in st.rows if x.attainment == r.attainment]
             assert r.rank == 1 + sum(1 for x in st.rows if x.attainment > r.attainment)
             assert len(tied) == ranks.count(r.rank)
