@@ -41,7 +41,9 @@ def import_file(
             f"{len(result.rejected)} rejected"
         )
         for r in result.rejected:
-            console.print(f"  {file}, line {r['line']}: {r['reason']}", markup=False)
+            console.print(
+                f"  {file}, line {r['line']}: {r['reason']}", markup=False, soft_wrap=True
+            )
     if result.rejected:
         raise typer.Exit(1)
 
