@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +225,43 @@ def test_csv_cells_cannot_run_as_formulas(core: Core, tmp_path: Path) -> None:
     text = out.read_text(encoding="utf-8-sig")
     assert "'=HYPERLINK" in text
     assert ",=HYPERLINK" not in text and ',"=HYPERLINK' not in text
+
+
+def _pingan(tmp_path: Path, db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PINGAN_")}
+    env.update(PINGAN_DATABASE_URL=db_url, PINGAN_LOG_FORMAT="json")
+    done = subprocess.run(
+        [sys.executable, "-m", "scheduler", *args],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="poppler-utils not installed")
+def test_cli_writes_a_town_pdf_and_a_letter_pdf(tmp_path: Path, db_url: str) -> None:
+    out = tmp_path / "黄湖镇.pdf"
+    _pingan(
+        tmp_path,
+        db_url,
+        "report",
+        "monthly",
+        "--month",
+        "2022-11",
+        "--town",
+        "黄湖镇",
+        "--out",
+        str(out),
+    )
+    text = _pdf_text(out, 1).replace(" ", "")
+    assert "填报单位（乡镇街道、部门单位）：黄湖镇" in text and "月份：2022年11月" in text
+    _pingan(
+        tmp_path, db_url, "letters", "render", "--town", "huanghu", "--out", str(tmp_path), "--pdf"
+    )
+    letter = tmp_path / "letter-to-residents-huanghu.pdf"
+    assert _page_count(letter) >= 1
+    assert "黄湖镇" in _pdf_text(letter).replace(" ", "")
