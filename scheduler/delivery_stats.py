@@ -1,4 +1,9 @@
-"""Delivery statistics: where messages stand, the delivery rate and the top error codes."""
+"""Delivery statistics: where messages stand, the delivery rate and the top error codes.
+
+A message counts on the local day it was sent (the district's time zone), as in quota status
+and the monthly report; messages not yet sent are shown as pending by the day they were queued
+(`queued`, `sending`, `pending`) and are never part of `total`.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,12 @@ from typing import Any
 from scheduler.core import Core
 from scheduler.exceptions import PingAnError
 from scheduler.models import MessageState
+from scheduler.numbers import ratio
 from scheduler.providers.base import error_catalogue
 from scheduler.store import delivery
 
 STATES = [s.value for s in MessageState if s != MessageState.CANCELLED]
+PENDING = [s.value for s in delivery.PENDING_STATES]
 
 
 def month_bounds(month: str, tz: Any) -> tuple[dt.datetime, dt.datetime]:
@@ -31,12 +38,14 @@ def delivery_stats(core: Core, *, month: str | None, by: str | None) -> dict[str
     for r in rows:
         counts = {s: int(r.get(s, 0)) for s in STATES}  # type: ignore[call-overload]
         finished = counts["delivered"] + counts["undelivered"] + counts["failed"]
+        rate = ratio(counts["delivered"], finished)
         out_rows.append(
             {
                 "key": r["key"],
                 **counts,
-                "total": sum(counts.values()),
-                "delivery_rate": round(counts["delivered"] / finished, 4) if finished else None,
+                "total": sum(n for s, n in counts.items() if s not in PENDING),
+                "pending": sum(counts[s] for s in PENDING),
+                "delivery_rate": None if rate is None else float(rate),
             }
         )
     catalogue = error_catalogue(core.settings.config_dir)
@@ -48,4 +57,10 @@ def delivery_stats(core: Core, *, month: str | None, by: str | None) -> dict[str
         }
         for code, n in delivery.top_errors(core.engine, start=start, end=end)
     ]
-    return {"month": month, "by": by or "all", "rows": out_rows, "top_errors": errors}
+    return {
+        "month": month,
+        "by": by or "all",
+        "counted_by": "local day sent; pending (queued, sending) by local day queued",
+        "rows": out_rows,
+        "top_errors": errors,
+    }

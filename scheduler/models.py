@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Numeric,
     String,
     Text,
     TypeDecorator,
@@ -262,12 +264,37 @@ class FraudCase(Base):
 
     case_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    amount_yuan: Mapped[int] = mapped_column(BigInteger)
+    # Yuan with fen: 99,999.50 is below the 100,000-yuan rule, not rounded up into it.
+    amount_yuan: Mapped[Decimal] = mapped_column(Numeric(14, 2))
     fraud_type: Mapped[str] = mapped_column(String(64))
     place: Mapped[str | None] = mapped_column(String(255))
     town_id: Mapped[str] = mapped_column(String(64))
     village_id: Mapped[str] = mapped_column(String(64))
     imported_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class ReportedSend(Base):
+    """Sends a carrier or town made on its own and reported to the office (`pingan sends
+    import`): one row per source, subject and day or ISO week; re-importing updates it."""
+
+    __tablename__ = "reported_sends"
+
+    source_kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # carrier | town
+    source_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subject_kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # carrier|town|village
+    subject_key: Mapped[str] = mapped_column(String(140), primary_key=True)
+    period: Mapped[str] = mapped_column(String(10), primary_key=True)  # 2022-10-12 | 2022-W41
+    town_id: Mapped[str] = mapped_column(String(64), default="")
+    village_id: Mapped[str] = mapped_column(String(64), default="")
+    carrier: Mapped[str] = mapped_column(String(16), default="")
+    first_day: Mapped[dt.date] = mapped_column(Date)
+    last_day: Mapped[dt.date] = mapped_column(Date)
+    messages_sent: Mapped[int] = mapped_column(BigInteger)
+    people_reached: Mapped[int | None] = mapped_column(BigInteger)
+    note: Mapped[str] = mapped_column(Text, default="")
+    imported_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_reported_sends_last_day", "last_day"),)
 
 
 class SchedulerLock(Base):

@@ -59,7 +59,14 @@ class AlertSettings(BaseModel):
 
     single_loss_yuan: int = 100_000
     case_count: int = 3
+    # At most one alert per village in this many days.
     period_days: int = 7
+    # The ≥3-cases rule counts cases in the N days up to the newest case (seed 003's "今年以来"
+    # read as a rolling period, so it does not reset on 1 January); the ≥100,000 rule has no
+    # period: each new case is judged on its own amount.
+    case_count_days: int = Field(365, ge=1)
+    # The 倒查 check-back: was the victim's village reached in the N days before the case?
+    checkback_days: int = Field(30, ge=1)
 
 
 class Settings(BaseSettings):
@@ -89,6 +96,10 @@ class Settings(BaseSettings):
     max_sms_segments: int = Field(2, ge=1)
     misfire_grace_hours: float = Field(24.0, ge=0)
     report_due_day: int = Field(25, ge=1, le=28)
+    # -- counting and the monthly report (issue 11) --
+    # Which month the due-day job reports: `current` (seed 001: the 25th, this month) or
+    # `previous` (seed 002: the 3rd, last month).
+    report_period: Literal["current", "previous"] = "current"
     quota_check: str = "thu 10:00"
 
     http_host: str = "127.0.0.1"

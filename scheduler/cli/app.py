@@ -19,6 +19,7 @@ from scheduler.cli import letters as letters_cli
 from scheduler.cli import quota as quota_cli
 from scheduler.cli import recipients as recipients_cli
 from scheduler.cli import report as report_cli
+from scheduler.cli import sends as sends_cli
 from scheduler.cli import service as service_cli
 from scheduler.cli import simulate as simulate_cli
 from scheduler.cli import templates as templates_cli
@@ -50,6 +51,7 @@ app.add_typer(delivery_cli.app, name="delivery")
 app.command("simulate")(simulate_cli.simulate_command)
 app.add_typer(report_cli.app, name="report")
 app.add_typer(report_cli.activities_app, name="activities")
+app.add_typer(sends_cli.app, name="sends")
 
 
 @app.callback()

@@ -48,7 +48,11 @@ def dispatch(
 @app.command("stats")
 def stats(
     ctx: typer.Context,
-    month: str = typer.Option(None, "--month", help="YYYY-MM (by the time messages were queued)."),
+    month: str = typer.Option(
+        None,
+        "--month",
+        help="YYYY-MM: messages sent that local month (pending: by month queued).",
+    ),
     by: str = typer.Option(None, "--by", help="town, carrier, day or error."),
     fmt: OutputFormat = FORMAT_OPTION,
 ) -> None:

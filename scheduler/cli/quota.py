@@ -121,7 +121,7 @@ def status_cmd(
         raise usage_error("give at most one of --week, --month, --on")
     c = core(ctx)
     tz = c.settings.tz
-    now = dt.datetime.now(dt.UTC)
+    now = c.clock()
     rules = q.load_rules(c.settings.config_dir, c.district)
     chosen = [q.find_rule(rules, rule)] if rule else rules
     if by is not None:
@@ -142,12 +142,10 @@ def status_cmd(
         day = _parse_day(on) if on else now.astimezone(tz).date()
 
     pairs = q.select_windows(chosen, day=day, label=label)
-    results = [
-        (st.rule, st.window, st.rows)
-        for st in q.status(c.engine, pairs, c.district, now=now, tz=tz, bottom=bottom)
-    ]
+    statuses = q.status(c.engine, pairs, c.district, now=now, tz=tz, bottom=bottom)
+    results = [(st.rule, st.window, st.rows) for st in statuses]
     if fmt is QuotaFormat.json:
-        print_json([q.RuleStatus(r, w, rows).to_dict() for r, w, rows in results])
+        print_json([st.to_dict() for st in statuses])
         return
     if fmt is QuotaFormat.csv:
         _write_csv(
@@ -160,6 +158,8 @@ def status_cmd(
                 "name",
                 "base",
                 "target",
+                "own",
+                "reported",
                 "actual",
                 "attainment_pct",
                 "shortfall",
@@ -179,6 +179,8 @@ def status_cmd(
                     row.subject.name,
                     row.base,
                     row.target,
+                    row.own,
+                    row.reported,
                     row.actual,
                     row.attainment,
                     row.shortfall,
@@ -197,9 +199,11 @@ def status_cmd(
         where = label or (day.isoformat() if day else "")
         console.print(f"no quota rule has a window at {where}")
         return
-    for r, w, rows in results:
+    for st in statuses:
+        r, w, rows = st.rule, st.window, st.rows
         title = (
-            f"{r.id} · {w.label} ({w.start}..{w.end})\ncounts {r.measure_label} "
+            f"{r.id} · {w.label} ({w.start}..{w.end}){' 进行中 (open)' if st.open else ''}\n"
+            f"counts {r.measure_label} from {r.counted_sources} sends "
             f"against {q.share_label(r.final_share)} of {r.base}"
         )
         table_console().print(
@@ -211,7 +215,9 @@ def status_cmd(
                     "name",
                     r.base,
                     "target",
-                    "actual",
+                    "own",
+                    "reported",
+                    "counted",
                     "attain %",
                     "short",
                     "due now",
@@ -227,6 +233,8 @@ def status_cmd(
                         row.subject.name,
                         row.base,
                         row.target,
+                        row.own,
+                        row.reported,
                         row.actual,
                         row.attainment,
                         row.shortfall,
