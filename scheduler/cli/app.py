@@ -17,6 +17,7 @@ from scheduler.cli import report as report_cli
 from scheduler.cli import service as service_cli
 from scheduler.cli import simulate as simulate_cli
 from scheduler.cli import templates as templates_cli
+from scheduler.cli import users as users_cli
 from scheduler.cli.common import console, err_console, print_json
 from scheduler.core import Core
 from scheduler.exceptions import PingAnError
@@ -44,6 +45,7 @@ app.add_typer(delivery_cli.app, name="delivery")
 app.command("simulate")(simulate_cli.simulate_command)
 app.add_typer(report_cli.app, name="report")
 app.add_typer(report_cli.activities_app, name="activities")
+app.add_typer(users_cli.app, name="users")
 
 
 @app.callback()
@@ -105,5 +107,10 @@ def main() -> None:
 
         if isinstance(exc, click.ClickException):
             exc.show()
+            sys.exit(exc.exit_code)
+        # typer >= 0.2x vendors click: its usage errors derive from TyperException instead.
+        show = getattr(exc, "show", None)
+        if isinstance(exc, typer.TyperException) and callable(show):
+            show()
             sys.exit(exc.exit_code)
         raise
