@@ -170,7 +170,8 @@ def create_user(
             actor=actor,
             action="user.add",
             subject=name,
-            detail=f"role={role}" + (f" town={town_id}" if town_id else ""),
+            detail=f"角色：{ROLE_LABELS[role]}"
+            + (f"，镇（街道）：{core.district.towns_by_id[town_id].name}" if town_id else ""),
             peer=peer,
         ),
     )
