@@ -334,3 +334,68 @@ class FiledReport(Base):
     month: Mapped[str] = mapped_column(String(7), primary_key=True)
     filed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     path: Mapped[str] = mapped_column(Text)
+
+
+# --- Console accounts (issue 13): users, login throttle, audit log ---------------------------
+
+
+class Role(enum.StrEnum):
+    """Console roles, each allowed what the ones before it are: viewer < operator < approver <
+    admin."""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    APPROVER = "approver"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return list(Role).index(self)
+
+    def allows(self, needed: Role) -> bool:
+        return self.rank >= needed.rank
+
+
+class User(Base):
+    """A console account; `town_id` set means the user sees and acts on that town only."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[Role] = mapped_column(_enum(Role, "user_role"))
+    town_id: Mapped[str | None] = mapped_column(String(64))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Bumped on a password change or disable: sessions signed with an older value end.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_login_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class LoginFailure(Base):
+    """Failed console logins, kept for the throttle window so every process sees them."""
+
+    __tablename__ = "login_failures"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    username: Mapped[str] = mapped_column(String(64))
+    peer: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_login_failures_username_peer_at", "username", "peer", "at"),)
+
+
+class AuditEntry(Base):
+    """Who changed what, when: every change made through the console or to accounts."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(255), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+    peer: Mapped[str | None] = mapped_column(String(64))

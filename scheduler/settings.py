@@ -69,6 +69,20 @@ class AlertSettings(BaseModel):
     checkback_days: int = Field(30, ge=1)
 
 
+class ConsoleSettings(BaseModel):
+    """The web console (issue 13): its session cookie and login throttle."""
+
+    # Signs the session cookie. Empty: generated once into <data_dir>/console-secret.key.
+    secret_key: SecretStr = SecretStr("")
+    # A session ends this long after its last request.
+    session_hours: float = Field(8.0, gt=0)
+    # Send the cookie over HTTPS only; turn on behind a TLS-terminating proxy.
+    cookie_secure: bool = False
+    # This many failed logins for one user name from one address within the window → 429.
+    login_max_failures: int = Field(5, ge=1)
+    login_window_minutes: float = Field(15.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PINGAN_",
@@ -115,6 +129,7 @@ class Settings(BaseSettings):
     dryrun: DryRunSettings = Field(default_factory=DryRunSettings)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     @field_validator("timezone")
     @classmethod

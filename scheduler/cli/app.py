@@ -23,6 +23,7 @@ from scheduler.cli import sends as sends_cli
 from scheduler.cli import service as service_cli
 from scheduler.cli import simulate as simulate_cli
 from scheduler.cli import templates as templates_cli
+from scheduler.cli import users as users_cli
 from scheduler.cli.common import FORMAT_OPTION, OutputFormat, console, core, err_console, print_json
 from scheduler.core import Core
 from scheduler.exceptions import PingAnError, SettingsError
@@ -52,6 +53,7 @@ app.command("simulate")(simulate_cli.simulate_command)
 app.add_typer(report_cli.app, name="report")
 app.add_typer(report_cli.activities_app, name="activities")
 app.add_typer(sends_cli.app, name="sends")
+app.add_typer(users_cli.app, name="users")
 
 
 @app.callback()
