@@ -234,7 +234,7 @@ def main() -> None:
 
             first, med, rows = timed(status, args.runs)
             nfirst, nmed, counts = timed(scan, max(1, args.runs // 2))
-            got = {r.subject.key: r.actual for r in rows}
+            got = {r.subject.key: r.own for r in rows}
             assert got == {k: counts.get(k, 0) for k in got}, "counters disagree with messages"
             results.append((rule_id, label, len(rows), sum(got.values()), first, med, nfirst, nmed))
             print(
