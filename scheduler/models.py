@@ -307,3 +307,17 @@ class FiledReport(Base):
     month: Mapped[str] = mapped_column(String(7), primary_key=True)
     filed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     path: Mapped[str] = mapped_column(Text)
+
+
+class AuditEntry(Base):
+    """Who changed what through the HTTP API, when and from where (the API token's name)."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    who: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    peer: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
