@@ -97,9 +97,12 @@ def _install_stdlib_handler(pretty: bool, level: int = logging.INFO) -> None:
         logger.setLevel(level)
 
 
-def ensure_stdlib_logging() -> None:
-    """The masked handler on the root logger, if `configure_logging` has not put it there."""
-    if not any(h.get_name() == _HANDLER_NAME for h in logging.getLogger().handlers):
+def ensure_logging() -> None:
+    """The masked chain for structlog and the root logger, if `configure_logging` has not
+    been called (an HTTP server started by a script or a test must not log numbers either)."""
+    if not structlog.is_configured():
+        configure_logging("json")
+    elif not any(h.get_name() == _HANDLER_NAME for h in logging.getLogger().handlers):
         _install_stdlib_handler(pretty=False)
 
 

@@ -45,7 +45,11 @@ class DatabaseCollector(Collector):
     """Collects at each scrape; a database that does not answer gives pingan_database_up 0."""
 
     def __init__(
-        self, engine: Engine, *, is_leader: Callable[[], bool], clock: Callable[[], dt.datetime]
+        self,
+        engine: Callable[[], Engine],
+        *,
+        is_leader: Callable[[], bool],
+        clock: Callable[[], dt.datetime],
     ) -> None:
         self.engine = engine
         self.is_leader = is_leader
@@ -69,7 +73,7 @@ class DatabaseCollector(Collector):
 
     def _from_database(self) -> Iterator[Metric]:
         now = self.clock()
-        with self.engine.connect() as conn:
+        with self.engine().connect() as conn:
             by_state = dict(
                 conn.execute(select(Message.state, func.count()).group_by(Message.state)).all()
             )
@@ -126,9 +130,15 @@ class DatabaseCollector(Collector):
 
 
 def metrics_registry(
-    engine: Engine, *, is_leader: Callable[[], bool], clock: Callable[[], dt.datetime]
+    engine: Callable[[], Engine],
+    *,
+    is_leader: Callable[[], bool],
+    clock: Callable[[], dt.datetime],
 ) -> CollectorRegistry:
-    """A registry of its own per app (several apps in one test process must not collide)."""
+    """A registry of its own per app (several apps in one test process must not collide).
+
+    `engine` is asked at each scrape: a database down at start-up must not stop the app.
+    """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(engine, is_leader=is_leader, clock=clock))
     return registry

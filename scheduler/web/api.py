@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import JSONResponse
+from pydantic import Field
 
 from scheduler.cases import parse_case, record_cases
 from scheduler.core import Core
@@ -81,7 +82,7 @@ def api_router(core: Core, guard: ApiGuard) -> APIRouter:
         summary="Record fraud cases (案件); villages crossing a must-reach rule get an alert",
     )
     def cases(
-        body: Annotated[CaseIn | list[CaseIn], Body(max_length=MAX_CASES)],
+        body: Annotated[CaseIn | Annotated[list[CaseIn], Field(max_length=MAX_CASES)], Body()],
         caller: CallerDep,
     ) -> Any:
         items = body if isinstance(body, list) else [body]

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scheduler.core import Core
-from scheduler.logs import ensure_stdlib_logging, get_logger, mask_text
+from scheduler.logs import ensure_logging, get_logger, mask_text
 from scheduler.metrics import metrics_registry, render
 from scheduler.web.api import api_router
 from scheduler.web.auth import ApiGuard, ApiRefusal
@@ -54,7 +54,9 @@ def create_app(core: Core, *, health: Health | None = None) -> FastAPI:
     app.include_router(webhook_router(core))
     app.include_router(api_router(core, ApiGuard(core.settings)))
     registry = metrics_registry(
-        core.engine, is_leader=lambda: role_of(state()) == "leader", clock=core.clock
+        lambda: core.engine,
+        is_leader=lambda: role_of(state()) == "leader",
+        clock=lambda: core.clock(),
     )
 
     @app.get(
@@ -127,7 +129,7 @@ class HttpServer:
     def __init__(self, app: FastAPI, host: str, port: int, *, log_level: str = "info") -> None:
         import uvicorn
 
-        ensure_stdlib_logging()
+        ensure_logging()
         self.server = uvicorn.Server(
             uvicorn.Config(
                 app,
