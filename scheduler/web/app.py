@@ -105,6 +105,11 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     async def http_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400:
+            # A body that cannot be parsed at all (bytes that are not UTF-8, a broken form) is
+            # a malformed request like any other: 422 naming the body.
+            detail = [{"loc": ["body"], "msg": str(exc.detail), "type": "body_unreadable"}]
+            return JSONResponse({"detail": detail}, status_code=422)
         return JSONResponse(
             {"error": mask_text(str(exc.detail))},
             status_code=exc.status_code,

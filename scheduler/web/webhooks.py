@@ -42,9 +42,8 @@ def _form_body(model: type[BaseModel]) -> dict[str, Any]:
 
 
 _REFUSALS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorOut, "description": "a body that is not a form"},
     403: {"model": ErrorOut, "description": "a missing or wrong X-Twilio-Signature"},
-    422: {"model": ValidationErrorOut, "description": "a signed form with impossible values"},
+    422: {"model": ValidationErrorOut, "description": "an unreadable body, impossible values"},
     503: {"model": ErrorOut, "description": "no provider secret configured"},
 }
 
