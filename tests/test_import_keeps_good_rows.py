@@ -11,9 +11,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from scheduler.cases import import_cases
 from scheduler.core import Core
 from scheduler.exceptions import InputFileError
-from scheduler.models import Recipient
+from scheduler.models import FraudCase, Recipient
 from scheduler.recipients import import_recipients_file
 from scheduler.textfiles import decode_file, read_text
 
@@ -156,3 +157,19 @@ def test_small_files_report_undecodable_lines(tmp_path: Path) -> None:
     assert "王五" in decoded.text and "赵六" in decoded.text
     with pytest.raises(InputFileError, match=r"cases\.csv, line 3: cannot decode as utf-8"):
         read_text(path)
+
+
+def test_case_import_rejects_only_the_line_in_another_encoding(core: Core, tmp_path: Path) -> None:
+    path = tmp_path / "cases.csv"
+    head = "case_id,time,amount,fraud_type,place,town,village\n"
+    path.write_bytes(
+        (head + "C1,2022-10-09T10:00,5000,刷单返利,王家,huanghu,qingbo\n").encode()
+        + "C2,2022-10-09T11:00,6000,刷单返利,李家,huanghu,qingbo\n".encode("gbk")
+        + "C3,2022-10-09T12:00,7000,冒充客服,赵家,huanghu,qingbo\n".encode()
+    )
+    result = import_cases(core, path)
+    assert (result.read, result.inserted) == (3, 2)
+    assert result.rejected == [{"line": 3, "reason": "cannot decode as utf-8 (invalid start byte)"}]
+    with Session(core.engine) as s:
+        places = dict(s.execute(select(FraudCase.case_id, FraudCase.place)).all())
+    assert places == {"C1": "王家", "C3": "赵家"}

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from scheduler import quotas as q
+from scheduler.cell_safety import neutralise_cell
 from scheduler.cli.common import console, core, print_json, table
 
 app = typer.Typer(help="Quotas: targets and attainment.", no_args_is_help=True)
@@ -41,9 +42,10 @@ def _out() -> Console:
 
 
 def _write_csv(header: list[str], rows: list[list[Any]]) -> None:
+    """Cells that look like formulas are written as text (the export is opened in Excel)."""
     w = csv.writer(sys.stdout, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
+    w.writerow([neutralise_cell(h) for h in header])
+    w.writerows([neutralise_cell(v) for v in row] for row in rows)
     sys.stdout.flush()
 
 
