@@ -131,6 +131,8 @@ class Service:
             _active = self
             self.state = "active"
             log.info("service.active", holder=self.lock.holder)
+            if self.with_http and not self._http.alive():
+                self._start_http()  # the port was the old leader's, on this same host
             self.planner = self.core.planner()
             self.planner.catch_up(self.core.clock())
             if self.once:

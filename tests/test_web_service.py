@@ -39,8 +39,8 @@ def _free_port() -> int:
 class Node:
     """A `pingan run --no-dispatch` serving HTTP on its own port; stderr collected."""
 
-    def __init__(self, core: Core, name: str) -> None:
-        self.port = _free_port()
+    def __init__(self, core: Core, name: str, port: int | None = None) -> None:
+        self.port = port or _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("PINGAN_")}
         env.update(
@@ -136,6 +136,31 @@ def test_a_standby_serves_webhooks_api_and_health(core: Core) -> None:
         assert "pingan_leader 1.0" in httpx.get(leader.base + "/metrics").text
     finally:
         assert leader.stop() == 0
+        if standby is not None:
+            assert standby.stop() == 0
+
+
+def test_a_standby_on_the_leaders_port_takes_it_over_when_it_leads(core: Core) -> None:
+    """Two nodes on one host and one port: the standby cannot bind until the leader goes."""
+    if core.engine.dialect.name != "sqlite":
+        pytest.skip("one backend is enough for the port")
+    leader = Node(core, "a")
+    standby = None
+    try:
+        leader.wait_for("service.active")
+        leader.wait_http()
+        standby = Node(core, "b", port=leader.port)
+        standby.wait_for("service.standby")
+        first = httpx.get(leader.base + "/healthz", timeout=10).json()
+        assert first["role"] == "leader"
+        assert leader.stop() == 0
+        standby.wait_for("service.active")
+        standby.wait_http()
+        second = httpx.get(standby.base + "/healthz", timeout=10).json()
+        assert second["role"] == "leader"
+        assert second["lock_holder"] != first["lock_holder"]
+    finally:
+        leader.stop()
         if standby is not None:
             assert standby.stop() == 0
 

@@ -151,6 +151,10 @@ class HttpServer:
     def start(self) -> None:
         self.thread.start()
 
+    def alive(self) -> bool:
+        """False once uvicorn gave up, e.g. on a port another process holds."""
+        return self.thread.is_alive()
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
