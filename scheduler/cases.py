@@ -26,7 +26,7 @@ from scheduler.numbers import half_up
 from scheduler.planner import Firing
 from scheduler.sending_hours import next_allowed
 from scheduler.store import cases as store
-from scheduler.textfiles import read_text
+from scheduler.textfiles import decode_file
 
 log = get_logger("scheduler.cases")
 
@@ -114,8 +114,10 @@ def parse_case(core: Core, row: dict[str, str], tz: Any) -> dict[str, Any]:
 
 
 def import_cases(core: Core, path: Path) -> CaseImport:
-    text = read_text(path)
-    reader = csv.DictReader(io.StringIO(text))
+    decoded = decode_file(path)
+    if 1 in decoded.bad_lines:
+        raise InputFileError(f"{path}, line 1: {decoded.bad_lines[1]}")
+    reader = csv.DictReader(io.StringIO(decoded.text))
     header = {h.strip(): h for h in (reader.fieldnames or [])}
     mapping: dict[str, str] = {}
     for key, names in _COLUMNS.items():
@@ -130,6 +132,9 @@ def import_cases(core: Core, path: Path) -> CaseImport:
     rows = []
     for line_no, raw in enumerate(reader, start=2):
         result.read += 1
+        if reader.line_num in decoded.bad_lines:  # never guessed in another encoding
+            result.rejected.append({"line": line_no, "reason": decoded.bad_lines[reader.line_num]})
+            continue
         row = {k: raw.get(v) or "" for k, v in mapping.items()}
         try:
             rows.append(parse_case(core, row, tz))

@@ -126,13 +126,17 @@ class Service:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.pidfile.write_text(str(os.getpid()))
         try:
+            if self.with_http:
+                # Before the lock: a standby serves webhooks and the API too (they only write
+                # to the database), and /healthz tells a standby from a dead node.
+                self._start_http()
             if not self._wait_for_lock():
                 return 0
             _active = self
             self.state = "active"
             log.info("service.active", holder=self.lock.holder)
-            if self.with_http:
-                self._start_http()
+            if self.with_http and not self._http.alive():
+                self._start_http()  # the port was the old leader's, on this same host
             self.planner = self.core.planner()
             self.failed = [
                 r
@@ -207,7 +211,10 @@ class Service:
 
         settings = self.core.settings
         self._http = HttpServer(
-            create_app(self.core, health=self.health), settings.http_host, settings.http_port
+            create_app(self.core, health=self.health),
+            settings.http_host,
+            settings.http_port,
+            log_level=settings.log_level,
         )
         self._http.start()
         log.info("http.listening", host=settings.http_host, port=settings.http_port)

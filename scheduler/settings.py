@@ -119,7 +119,11 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     public_base_url: str = "http://127.0.0.1:8080"
-    # Bearer token for the operator API (/api/...); without one, only 127.0.0.1 may call it.
+    # -- HTTP API callers (issue 10) --
+    # Named bearer tokens for the operator API (/api/...), `name=token,name2=token2`; the name
+    # is what the audit log records. PINGAN_API_TOKEN is one more token, named `default`.
+    # With none, only loopback peers without a forwarding header may call the API.
+    api_tokens: SecretStr = SecretStr("")
     api_token: SecretStr = SecretStr("")
     opt_out_keywords: list[str] = Field(
         default_factory=lambda: ["退订", "TD", "T", "R", "STOP", "UNSUBSCRIBE", "取消", "拒收"]
@@ -146,6 +150,24 @@ class Settings(BaseSettings):
         parse_hours(value)
         return value
 
+    @field_validator("api_tokens")
+    @classmethod
+    def _named_tokens(cls, value: SecretStr) -> SecretStr:
+        names: set[str] = set()
+        for pair in value.get_secret_value().split(","):
+            if not pair.strip():
+                continue
+            name, sep, token = pair.partition("=")
+            name, token = name.strip(), token.strip()
+            if not sep or not name or not token:
+                raise ValueError("give name=token pairs separated by commas")
+            if not token.isascii() or not token.isprintable() or " " in token:
+                raise ValueError(f"the token named {name!r} must be printable ASCII, no spaces")
+            if len(name) > 64 or name in names:
+                raise ValueError(f"token name {name[:64]!r} is repeated or longer than 64")
+            names.add(name)
+        return value
+
     @cached_property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
@@ -167,6 +189,18 @@ class Settings(BaseSettings):
     @property
     def dryrun_log_file(self) -> Path:
         return self.dryrun.log_file or self.data_dir / "dryrun-sent.jsonl"
+
+    def api_callers(self) -> dict[str, str]:
+        """Token name by token, from PINGAN_API_TOKENS and PINGAN_API_TOKEN (named `default`)."""
+        callers: dict[str, str] = {}
+        for pair in self.api_tokens.get_secret_value().split(","):
+            if pair.strip():
+                name, _, token = pair.partition("=")
+                callers[token.strip()] = name.strip()
+        single = self.api_token.get_secret_value().strip()
+        if single:
+            callers[single] = "default"
+        return callers
 
     def public_view(self) -> dict[str, Any]:
         """The effective settings with secrets hidden, for `pingan settings`."""

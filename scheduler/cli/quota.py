@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from scheduler import quotas as q
+from scheduler.cell_safety import neutralise_cell
 from scheduler.cli.common import (
     console,
     core,
@@ -42,9 +43,10 @@ _STATUS_MARK = {"met": "met ✓", "on_track": "on track", "behind": "behind ✗"
 
 
 def _write_csv(header: list[str], rows: list[list[Any]]) -> None:
+    """Cells that look like formulas are written as text (the export is opened in Excel)."""
     w = csv.writer(sys.stdout, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
+    w.writerow([neutralise_cell(h) for h in header])
+    w.writerows([neutralise_cell(v) for v in row] for row in rows)
     sys.stdout.flush()
 
 
