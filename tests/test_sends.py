@@ -16,14 +16,13 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from starlette.applications import Starlette
+from pydantic import SecretStr
 
 from scheduler import quotas as q
 from scheduler.core import Core
 from scheduler.reports import QUOTA_HEADER, _quota_rows, build_monthly_report
 from scheduler.sends import import_sends
-from scheduler.web import HttpServer
-from scheduler.web_sends import routes as sends_routes
+from scheduler.web import HttpServer, create_app
 from tests.test_quotas import History
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -167,9 +166,8 @@ def _free_port() -> int:
 @pytest.fixture
 def api(core: Core) -> Iterator[str]:
     port = _free_port()
-    allowed = {"Bearer secret"}
-    app = Starlette(routes=sends_routes(core, lambda r: r.headers.get("Authorization") in allowed))
-    server = HttpServer(app, "127.0.0.1", port)
+    core.settings = core.settings.model_copy(update={"api_token": SecretStr("secret")})
+    server = HttpServer(create_app(core), "127.0.0.1", port)
     server.start()
     base = f"http://127.0.0.1:{port}"
     for _ in range(200):

@@ -17,6 +17,7 @@ from scheduler.cases import parse_case, record_cases
 from scheduler.core import Core
 from scheduler.exceptions import InvalidPhoneNumber
 from scheduler.phones import mask, normalize
+from scheduler.sends import record_sends
 from scheduler.store import audit
 from scheduler.store.recipients import record_opt_outs
 from scheduler.web.auth import ApiGuard, Caller
@@ -29,6 +30,8 @@ from scheduler.web.schemas import (
     ErrorOut,
     OptOutIn,
     OptOutOut,
+    SendIn,
+    SendsOut,
     ValidationErrorOut,
 )
 
@@ -110,6 +113,29 @@ def api_router(core: Core, guard: ApiGuard) -> APIRouter:
                 at=core.clock(),
             )
         return {"inserted": result.inserted, "unchanged": result.unchanged, "alerts": result.alerts}
+
+    @api.post(
+        "/sends",
+        response_model=SendsOut,
+        responses={422: {"model": SendsOut | ValidationErrorOut}},
+        summary="Record sends carriers and towns report for their own channels (上报发送量)",
+    )
+    def sends(
+        body: Annotated[SendIn | Annotated[list[SendIn], Field(max_length=MAX_CASES)], Body()],
+        caller: CallerDep,
+    ) -> Any:
+        items = body if isinstance(body, list) else [body]
+        result = record_sends(core, ((f"row {i}", it.as_row()) for i, it in enumerate(items)))
+        if result.inserted or result.updated:
+            audit.record(
+                core.engine,
+                who=caller.name,
+                action="sends",
+                peer=caller.peer,
+                detail={"inserted": result.inserted, "updated": result.updated},
+                at=core.clock(),
+            )
+        return JSONResponse(result.to_dict(), status_code=422 if result.rejected else 200)
 
     @api.get(
         "/audit",

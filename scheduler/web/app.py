@@ -19,6 +19,7 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from scheduler.console import mount_console
 from scheduler.core import Core
 from scheduler.logs import ensure_logging, get_logger, mask_text
 from scheduler.metrics import metrics_registry, render
@@ -90,6 +91,8 @@ def create_app(core: Core, *, health: Health | None = None) -> FastAPI:
         return Response(render(registry), media_type=PROMETHEUS)
 
     _add_error_handlers(app)
+    # The office staff's pages (login, 总览, …) under /, outside the OpenAPI schema.
+    mount_console(app, core)
     return app
 
 

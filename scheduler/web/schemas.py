@@ -145,6 +145,35 @@ class CasesRejectedOut(BaseModel):
     rejected: list[CaseRejected]
 
 
+class SendIn(BaseModel):
+    """A count a carrier or town reports for its own sends (see `pingan sends import`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    source: Str64 = Field(min_length=1, description="the carrier or town that sent")
+    subject: Str64 = Field(min_length=1, description="carrier, town or village counted")
+    village: Str64 = ""
+    period: Str32 = Field(min_length=1, description="a day (2022-10-12) or ISO week (2022-W41)")
+    messages_sent: int | Str32
+    people_reached: int | Str32 | None = None
+    note: Str255 = ""
+
+    def as_row(self) -> dict[str, str]:
+        return {k: "" if v is None else str(v) for k, v in self.model_dump().items()}
+
+
+class SendRejectedOut(BaseModel):
+    line: str
+    reason: str
+
+
+class SendsOut(BaseModel):
+    read: int
+    inserted: int
+    updated: int
+    rejected: list[SendRejectedOut]
+
+
 class CasesOut(BaseModel):
     inserted: int
     unchanged: int
