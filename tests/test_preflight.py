@@ -207,9 +207,11 @@ def test_cross_references_each_with_its_line(
 def test_templates_are_rendered_for_real_residents_of_every_town(
     settings: Settings, config: Path, templates: Path
 ) -> None:
-    # Passes lint (its sample is the first town) but fails for residents of 黄湖镇 only.
+    # Passes lint (every village, with lint's sample resident) but fails for the real
+    # residents of 黄湖镇 only.
     (templates / "probe.sms.j2").write_text(
-        "---\nchannel: sms\n---\n{{ town }}{% if town == '黄湖镇' %}{{ 1 // 0 }}{% endif %}\n",
+        "---\nchannel: sms\n---\n{{ town }}"
+        "{% if town == '黄湖镇' and name.startswith('测试') %}{{ 1 // 0 }}{% endif %}\n",
         encoding="utf-8",
     )
     edit(config / "campaigns.yaml", "template: survey-notice", "template: probe")
