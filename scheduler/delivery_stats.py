@@ -10,8 +10,11 @@ from scheduler.exceptions import PingAnError
 from scheduler.models import MessageState
 from scheduler.providers.base import error_catalogue
 from scheduler.store import delivery
+from scheduler.store.optouts import OPTED_OUT
 
-STATES = [s.value for s in MessageState if s != MessageState.CANCELLED]
+STATES = [s.value for s in MessageState]
+# Reasons we record ourselves in error_code, beside the provider's codes.
+OWN_REASONS = {OPTED_OUT: "Resident opted out; message cancelled / 居民已退订，消息已取消"}
 
 
 def month_bounds(month: str, tz: Any) -> tuple[dt.datetime, dt.datetime]:
@@ -44,7 +47,7 @@ def delivery_stats(core: Core, *, month: str | None, by: str | None) -> dict[str
         {
             "code": code,
             "count": n,
-            "meaning": catalogue[code].meaning if code in catalogue else "",
+            "meaning": catalogue[code].meaning if code in catalogue else OWN_REASONS.get(code, ""),
         }
         for code, n in delivery.top_errors(core.engine, start=start, end=end)
     ]
