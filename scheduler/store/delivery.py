@@ -13,7 +13,17 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, case, delete, exists, func, literal, select, update
+from sqlalchemy import (
+    Engine,
+    case,
+    delete,
+    exists,
+    func,
+    literal,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from scheduler.db import db_time_cache, executemany, transaction
@@ -450,11 +460,12 @@ def expire_pending_statuses(engine: Engine, *, older_than: dt.datetime) -> int:
 
 def unfinished(engine: Engine) -> dict[str, int]:
     """What a drained outbox should not hold: queued (never tried), retrying and sending."""
+    tried = Message.attempts > literal_column("0")  # the same SQL text in SELECT and GROUP BY
     with engine.connect() as conn:
         rows = conn.execute(
-            select(Message.state, Message.attempts > 0, func.count())
+            select(Message.state, tried, func.count())
             .where(Message.state.in_([MessageState.QUEUED, MessageState.SENDING]))
-            .group_by(Message.state, Message.attempts > 0)
+            .group_by(Message.state, tried)
         ).all()
     out = {"queued": 0, "retrying": 0, "sending": 0}
     for state, tried, n in rows:
