@@ -97,9 +97,12 @@ def test_killed_opt_out_commits_all_or_nothing(core: Core, tmp_path: Path) -> No
             blocker.close()
         with core.engine.connect() as conn:
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and conn.execute(
-                text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"), {"p": waiting}
-            ).scalar():
+            while (
+                time.monotonic() < deadline
+                and conn.execute(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"), {"p": waiting}
+                ).scalar()
+            ):
                 time.sleep(0.05)
         # Killed mid-transaction: nothing of it is left.
         assert _counts(core) == (0, 0, n)

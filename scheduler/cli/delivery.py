@@ -72,7 +72,8 @@ def dispatch(
         console.print(
             f"sent {stats.sent}, failed {stats.failed}, retry later {stats.retried}, "
             f"unknown {stats.unknown}, cancelled (opted out) {stats.cancelled}, "
-            f"outside hours {stats.deferred}"
+            f"outside hours {stats.deferred}",
+            soft_wrap=True,
         )
     if left:
         for state, n in left.items():
