@@ -468,11 +468,11 @@ def unfinished(engine: Engine) -> dict[str, int]:
             .group_by(Message.state, tried)
         ).all()
     out = {"queued": 0, "retrying": 0, "sending": 0}
-    for state, tried, n in rows:
+    for state, was_tried, n in rows:
         if state == MessageState.SENDING:
             out["sending"] += int(n)
         else:
-            out["retrying" if tried else "queued"] += int(n)
+            out["retrying" if was_tried else "queued"] += int(n)
     return out
 
 
