@@ -265,7 +265,18 @@ class Dispatcher:
             attempted=False,
         )
 
+    def _past_hours(self, c: Claimed, now: dt.datetime) -> Outcome | None:
+        if self.in_hours(now):
+            return None
+        # The batch began inside the hours; this message's turn came after they closed.
+        opening = next_allowed(now, self.settings.allowed_hours, self.settings.tz)
+        return self._not_sent(c, now, MessageState.QUEUED, "outside_hours", next_attempt_at=opening)
+
     def _send_one(self, c: Claimed) -> Outcome:
+        # Checked before waiting for the rate limiter (no point waiting) and again after it.
+        late = self._past_hours(c, self.clock())
+        if late is not None:
+            return late
         if self.rate_limited:
             bucket = self.carrier_rates.get(c.carrier)
             if not self.rate.take(1, self.stop) or (
@@ -274,12 +285,9 @@ class Dispatcher:
                 now = self.clock()
                 return self._not_sent(c, now, MessageState.QUEUED, "stopped", next_attempt_at=now)
         started = self.clock()
-        if not self.in_hours(started):
-            # The batch began inside the hours; this message's turn came after they closed.
-            opening = next_allowed(started, self.settings.allowed_hours, self.settings.tz)
-            return self._not_sent(
-                c, started, MessageState.QUEUED, "outside_hours", next_attempt_at=opening
-            )
+        late = self._past_hours(c, started)
+        if late is not None:
+            return late
         if self._opted_out_since_claim(c.phone):
             log.info("dispatch.opted_out_since_claim", message_id=c.id, phone=mask(c.phone))
             return self._not_sent(
