@@ -4,6 +4,7 @@ commit together or not at all (a real `pingan recipients opt-out` process, SIGKI
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import sqlite3
@@ -22,6 +23,7 @@ from tests.factories import add_recipients, recipient_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 MONDAY = dt.datetime(2022, 10, 10, 9, 0, tzinfo=ZoneInfo("Asia/Shanghai"))
+OPT_OUT = [sys.executable, "-m", "scheduler", "recipients", "opt-out"]
 
 
 def _counts(core: Core) -> tuple[int, int, int]:
@@ -31,17 +33,21 @@ def _counts(core: Core) -> tuple[int, int, int]:
     return opted, states.get(MessageState.CANCELLED, 0), states.get(MessageState.QUEUED, 0)
 
 
-def _opt_out_process(core: Core, phones_file: Path) -> subprocess.Popen[bytes]:
+def _env(core: Core) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PINGAN_")}
     env.update(
         PINGAN_DATABASE_URL=core.settings.effective_database_url,
         PINGAN_DATA_DIR=str(core.settings.data_dir),
         PINGAN_LOG_FORMAT="json",
     )
+    return env
+
+
+def _opt_out_process(core: Core, phones_file: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "scheduler", "recipients", "opt-out", "--file", str(phones_file)],
+        [*OPT_OUT, "--file", str(phones_file)],
         cwd=ROOT,
-        env=env,
+        env=_env(core),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -121,6 +127,15 @@ def test_killed_opt_out_commits_all_or_nothing(core: Core, tmp_path: Path) -> No
         assert (opted, cancelled, queued) in ((0, 0, n), (n, n, 0))
 
     # Run again to the end: every refusal recorded, every queued message cancelled, once.
-    again = _opt_out_process(core, phones_file)
-    assert again.wait(timeout=120) == 0
+    _, _, still_queued = _counts(core)
+    again = subprocess.run(
+        [*OPT_OUT, "--file", str(phones_file), "--format", "json"],
+        cwd=ROOT,
+        env=_env(core),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["cancelled"] == still_queued
     assert _counts(core) == (n, n, 0)
