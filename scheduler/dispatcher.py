@@ -102,7 +102,7 @@ class Dispatcher:
         }
         self._optout_lock = threading.Lock()
         self._optout_checked = 0.0
-        self._optout_pending: set[str] = set()
+        self._batch_phones: set[str] = set()
         self._opted_out: set[str] = set()
         self._bodies: dict[int, str] = {}
         self._pool = ThreadPoolExecutor(self.cfg.concurrency, thread_name_prefix="send")
@@ -192,8 +192,8 @@ class Dispatcher:
             self._bodies.update(delivery.bodies(self.engine, missing))
         # An opt-out committed after the claim (it could not cancel rows already `sending`).
         with self._optout_lock:
-            self._optout_pending = {c.phone for c in claimed}
-            self._opted_out = delivery.opted_out_among(self.engine, self._optout_pending)
+            self._batch_phones = {c.phone for c in claimed}
+            self._opted_out = delivery.opted_out_among(self.engine, self._batch_phones)
             self._optout_checked = time.monotonic()
         if self.cfg.concurrency == 1:
             outcomes = [self._send_one(c) for c in claimed]
@@ -238,9 +238,8 @@ class Dispatcher:
         once a second, so a slow batch still honours an opt-out that lands mid-way."""
         with self._optout_lock:
             if time.monotonic() - self._optout_checked >= 1.0:
-                self._opted_out = delivery.opted_out_among(self.engine, self._optout_pending)
+                self._opted_out = delivery.opted_out_among(self.engine, self._batch_phones)
                 self._optout_checked = time.monotonic()
-            self._optout_pending.discard(phone)
             return phone in self._opted_out
 
     def _not_sent(
