@@ -129,8 +129,9 @@ class Dispatcher:
         """Send until stopped (or, with until_empty, until nothing is due).
 
         With until_empty, retries coming due within `max_wait` seconds of the outbox first
-        running dry are waited for (the wait is bounded in wall-clock time too). `progress` is
-        called with the running totals after each batch.
+        running dry are waited for, and so are other dispatchers' batches still `sending` (the
+        wait is bounded in wall-clock time too). `progress` is called with the running totals
+        after each batch.
         """
         total = DispatchStats()
         total.add(self.reconcile())
@@ -159,12 +160,18 @@ class Dispatcher:
                     if wait_until is None:
                         wait_until = now + dt.timedelta(seconds=max_wait)
                         wait_started = time.monotonic()
-                    due = delivery.next_due_at(self.engine)
                     spent = time.monotonic() - wait_started
-                    if due is None or due > wait_until or spent >= max_wait:
+                    if spent >= max_wait:
                         break
-                    pause = min((due - now).total_seconds(), max_wait - spent)
-                    self.stop.wait(max(pause, 0.05))
+                    due = delivery.next_due_at(self.engine)
+                    if due is not None and due <= wait_until:
+                        pause = (due - now).total_seconds()
+                    elif delivery.unfinished(self.engine)["sending"]:
+                        # Another dispatcher's batch: its retries may yet come back to us.
+                        pause = self.cfg.poll_seconds
+                    else:
+                        break
+                    self.stop.wait(max(min(pause, max_wait - spent), 0.05))
                     continue
                 self.stop.wait(self.cfg.poll_seconds)
         delivery.finish_occurrences(self.engine, now=self.clock())
