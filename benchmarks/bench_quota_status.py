@@ -111,7 +111,7 @@ def build(core: Core, messages: int, towns: int) -> dict[str, float]:
             text(
                 "WITH RECURSIVE s(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM s WHERE n < :m - 1)"
                 " INSERT INTO messages (id, occurrence_id, recipient_id, phone, town_id,"
-                " village_id, carrier, body_id, segments, priority, state, attempts, provider,"
+                " village_id, carrier, body_id, segments, rank, state, attempts, provider,"
                 " queued_at, sent_at, status_at)"
                 " SELECT n + 1, 1 + (n * :secs / :m) / 3600, n + 1, '13800000000',"
                 " 't' || printf('%04d', (n * 7919) % :towns), 'v' || ((n / 7) % 3),"
@@ -234,7 +234,7 @@ def main() -> None:
 
             first, med, rows = timed(status, args.runs)
             nfirst, nmed, counts = timed(scan, max(1, args.runs // 2))
-            got = {r.subject.key: r.actual for r in rows}
+            got = {r.subject.key: r.own for r in rows}
             assert got == {k: counts.get(k, 0) for k in got}, "counters disagree with messages"
             results.append((rule_id, label, len(rows), sum(got.values()), first, med, nfirst, nmed))
             print(

@@ -11,7 +11,7 @@ from typing import Any
 from scheduler.config import District
 from scheduler.exceptions import InputFileError, PingAnError, UnknownName
 from scheduler.store import activities as store
-from scheduler.textfiles import read_text
+from scheduler.textfiles import decode_file
 
 # English column, the form's Chinese header (001 attachment 7).
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -66,8 +66,10 @@ def add(engine: Any, district: District, town: str, month: str, values: dict[str
 
 def import_file(engine: Any, district: District, path: Path) -> tuple[int, list[str]]:
     """Rows: town, month and the columns (English or the form's Chinese headers)."""
-    text = read_text(path)
-    reader = csv.DictReader(io.StringIO(text))
+    decoded = decode_file(path)
+    if 1 in decoded.bad_lines:
+        raise InputFileError(f"{path}, line 1: {decoded.bad_lines[1]}")
+    reader = csv.DictReader(io.StringIO(decoded.text))
     header = {h.strip(): h for h in reader.fieldnames or []}
     names = {"town": ("town", "乡镇街道", "乡镇"), "month": ("month", "月份")}
     for key, label in COLUMNS:
@@ -77,6 +79,9 @@ def import_file(engine: Any, district: District, path: Path) -> tuple[int, list[
         raise InputFileError(f"{path}, line 1: needs columns town and month")
     done, problems = 0, []
     for line, row in enumerate(reader, start=2):
+        if reader.line_num in decoded.bad_lines:  # never guessed in another encoding
+            problems.append(f"{path}, line {line}: {decoded.bad_lines[reader.line_num]}")
+            continue
         values = {k: row.get(v) for k, v in mapping.items() if v is not None}
         try:
             add(

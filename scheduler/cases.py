@@ -1,7 +1,10 @@
 """Fraud cases and the must-reach rules of seed 003 (三必讲).
 
-A village where one case lost 100,000 yuan or more, or where 3 or more cases happened since
-1 January, gets a local-case alert at the next allowed sending time, at most once per period.
+A village where a new case lost 100,000 yuan or more (whatever year it happened in), or where
+3 or more cases happened within the counting period (PINGAN_ALERTS__CASE_COUNT_DAYS up to the
+newest case, so it does not reset on 1 January), gets a local-case alert at the next allowed
+sending time, at most once per PINGAN_ALERTS__PERIOD_DAYS. Rules are judged on the cases'
+own dates, so a rehearsal (`cases import --clock`) of 2022's cases works in any year.
 """
 
 from __future__ import annotations
@@ -9,17 +12,21 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from scheduler.core import Core
 from scheduler.exceptions import InputFileError, PingAnError
 from scheduler.logs import get_logger
+from scheduler.numbers import half_up
 from scheduler.planner import Firing
 from scheduler.sending_hours import next_allowed
 from scheduler.store import cases as store
-from scheduler.textfiles import read_text
+from scheduler.textfiles import decode_file
 
 log = get_logger("scheduler.cases")
 
@@ -44,7 +51,27 @@ class CaseImport:
     alerts: list[dict[str, Any]] = field(default_factory=list)
 
 
-def amount_band(amount: int) -> str:
+_AMOUNT = re.compile(
+    r"^(?P<n>[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?|[0-9]+(?:\.[0-9]+)?)(?P<wan>万)?元?$"
+)
+
+
+def parse_amount(text: str) -> Decimal:
+    """Yuan as the police write them: `100000`, `100,000.00`, `10万`, `10万元`, `1.5万`; kept
+    to the fen (half up), never rounded to whole yuan (99,999.5 is not 100,000)."""
+    raw = (text or "").strip().replace(" ", "").replace("，", ",")
+    m = _AMOUNT.match(raw)
+    if m is None:
+        raise ValueError(
+            f"amount {text!r} is not an amount of yuan (e.g. 100000, 100,000.00, 10万, 1.5万元)"
+        )
+    value = Decimal(m["n"].replace(",", ""))
+    if m["wan"]:
+        value *= 10_000
+    return half_up(value, 2)
+
+
+def amount_band(amount: Decimal | int) -> str:
     if amount >= 1_000_000:
         return "百万元以上"
     if amount >= 100_000:
@@ -65,12 +92,9 @@ def parse_case(core: Core, row: dict[str, str], tz: Any) -> dict[str, Any]:
         raise ValueError(f"time {row.get('time')!r} is not an ISO date-time") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=tz)
-    try:
-        amount = round(float((row.get("amount") or "").replace(",", "")))
-    except ValueError:
-        raise ValueError(f"amount {row.get('amount')!r} is not a number") from None
-    if amount < 0:
+    if (row.get("amount") or "").strip().startswith("-"):
         raise ValueError("amount is negative")
+    amount = parse_amount(row.get("amount") or "")
     district = core.district
     try:
         town = district.find_town(row.get("town") or "")
@@ -90,8 +114,10 @@ def parse_case(core: Core, row: dict[str, str], tz: Any) -> dict[str, Any]:
 
 
 def import_cases(core: Core, path: Path) -> CaseImport:
-    text = read_text(path)
-    reader = csv.DictReader(io.StringIO(text))
+    decoded = decode_file(path)
+    if 1 in decoded.bad_lines:
+        raise InputFileError(f"{path}, line 1: {decoded.bad_lines[1]}")
+    reader = csv.DictReader(io.StringIO(decoded.text))
     header = {h.strip(): h for h in (reader.fieldnames or [])}
     mapping: dict[str, str] = {}
     for key, names in _COLUMNS.items():
@@ -106,6 +132,9 @@ def import_cases(core: Core, path: Path) -> CaseImport:
     rows = []
     for line_no, raw in enumerate(reader, start=2):
         result.read += 1
+        if reader.line_num in decoded.bad_lines:  # never guessed in another encoding
+            result.rejected.append({"line": line_no, "reason": decoded.bad_lines[reader.line_num]})
+            continue
         row = {k: raw.get(v) or "" for k, v in mapping.items()}
         try:
             rows.append(parse_case(core, row, tz))
@@ -122,28 +151,53 @@ def record_cases(
     inserted = set(store.insert_cases(core.engine, rows))
     result.inserted += len(inserted)
     result.unchanged += len(rows) - len(inserted)
-    villages = {(r["town_id"], r["village_id"]) for r in rows if r["case_id"] in inserted}
-    for town_id, village_id in sorted(villages):
-        alert = check_village(core, town_id, village_id)
+    by_village: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["case_id"] in inserted:
+            by_village.setdefault((r["town_id"], r["village_id"]), []).append(r)
+    for (town_id, village_id), new in sorted(by_village.items()):
+        alert = check_village(core, town_id, village_id, new)
         if alert:
             result.alerts.append(alert)
     return result
 
 
-def check_village(core: Core, town_id: str, village_id: str) -> dict[str, Any] | None:
+def must_reach_rule(
+    core: Core, town_id: str, village_id: str, new_cases: Sequence[dict[str, Any]] = ()
+) -> tuple[str, str] | None:
+    """(rule, case_id of the case to name) if the village crosses a must-reach rule: a new case
+    of ≥ single_loss_yuan (no calendar cut), or ≥ case_count cases within case_count_days up to
+    the newest case. Without new cases, the village's cases up to now are judged."""
+    alerts = core.settings.alerts
+    big = [c for c in new_cases if Decimal(c["amount_yuan"]) >= alerts.single_loss_yuan]
+    if big:
+        return "single_loss", max(big, key=lambda c: (Decimal(c["amount_yuan"]), c["case_id"]))[
+            "case_id"
+        ]
+    newest = max((c["occurred_at"] for c in new_cases), default=core.clock())
+    since = newest - dt.timedelta(days=alerts.case_count_days)
+    count, biggest = store.village_case_stats(core.engine, town_id, village_id, since, until=newest)
+    latest = store.latest_case(core.engine, town_id, village_id, since, until=newest)
+    if latest is None:
+        return None
+    if not new_cases and biggest >= alerts.single_loss_yuan:
+        return "single_loss", latest.case_id
+    if count >= alerts.case_count:
+        return "case_count", latest.case_id
+    return None
+
+
+def check_village(
+    core: Core, town_id: str, village_id: str, new_cases: Sequence[dict[str, Any]] = ()
+) -> dict[str, Any] | None:
     """Schedule an alert if the village crosses a must-reach rule and had none this period."""
     settings = core.settings
     tz = settings.tz
     now = core.clock()
-    year_start = dt.datetime(now.astimezone(tz).year, 1, 1, tzinfo=tz)
-    count, biggest = store.village_case_stats(core.engine, town_id, village_id, year_start)
-    rule = None
-    if biggest >= settings.alerts.single_loss_yuan:
-        rule = "single_loss"
-    elif count >= settings.alerts.case_count:
-        rule = "case_count"
-    if rule is None:
+    found = must_reach_rule(core, town_id, village_id, new_cases)
+    if found is None:
         return None
+    rule, case_id = found
     campaign = core.campaigns.for_event(ALERT_EVENT)
     if campaign is None:
         log.warning("alert.no_campaign", town=town_id, village=village_id, rule=rule)
@@ -154,7 +208,7 @@ def check_village(core: Core, town_id: str, village_id: str) -> dict[str, Any] |
         log.info("alert.recent", town=town_id, village=village_id, last=last.isoformat())
         return None
     at = next_allowed(now, settings.allowed_hours, tz).replace(microsecond=0)
-    latest = store.latest_case(core.engine, town_id, village_id, year_start)
+    latest = store.get_case(core.engine, case_id)
     target = {
         "town": town_id,
         "village": village_id,
@@ -171,8 +225,8 @@ def check_village(core: Core, town_id: str, village_id: str) -> dict[str, Any] |
         town=town_id,
         village=village_id,
         rule=rule,
-        cases=count,
-        largest_loss=biggest,
+        case=case_id,
+        largest_loss=str(latest.amount_yuan),
         occurrence_id=result.occurrence_id,
         queued=result.queued,
         at=at.isoformat(),

@@ -6,13 +6,22 @@ A bad file raises ConfigError naming the file, the field path and the reason.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+import re
+import unicodedata
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from scheduler.exceptions import ConfigError, UnknownName
 
@@ -95,6 +104,81 @@ class Survey(Frozen):
     phone_end: dt.date
 
 
+# The fraud types of the seeds and of the police's usual categories. A case's type reaches an
+# alert SMS only if it is on this list (district.yaml `fraud_types.known` replaces it).
+FRAUD_TYPES = (
+    "刷单返利",
+    "虚假投资理财",
+    "冒充公检法",
+    "网络贷款",
+    "贷款诈骗",
+    "冒充客服",
+    "虚假征信",
+    "冒充熟人/领导",
+    "冒充公司老总",
+    "网络游戏产品虚假交易",
+    "网络婚恋交友",
+    "杀猪盘",
+    "高薪招聘",
+    "保健品诈骗",
+    "养老诈骗",
+    "网络赌博",
+    "虚假购物",
+    "退款退费",
+)
+# Short words only: no spaces, digits, links or markup can ride into a message.
+_FRAUD_TYPE = r"^[\u4e00-\u9fffA-Za-z/、·]{2,16}$"
+
+
+def _check_fraud_type(text: str) -> str:
+    if not re.fullmatch(_FRAUD_TYPE, text):
+        raise ValueError(
+            f"{text!r}: a fraud type is 2-16 Chinese or Latin letters (and / 、 ·), "
+            "without spaces, digits or links"
+        )
+    return text
+
+
+def _fraud_key(text: str) -> str:
+    """How a recorded type is compared with the list: NFKC (full-width forms), no spaces."""
+    return "".join(unicodedata.normalize("NFKC", text).split()).casefold()
+
+
+class FraudTypes(Frozen):
+    """The fraud types an alert may name; any other is shown as `generic`."""
+
+    known: tuple[str, ...] = FRAUD_TYPES
+    generic: str = "电信网络诈骗"
+
+    @field_validator("known")
+    @classmethod
+    def _short_words(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for text in value:
+            _check_fraud_type(text)
+        return value
+
+    @field_validator("generic")
+    @classmethod
+    def _short_word(cls, value: str) -> str:
+        return _check_fraud_type(value)
+
+    @model_validator(mode="after")
+    def _unique(self) -> FraudTypes:
+        keys = [_fraud_key(k) for k in self.known]
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        if dupes:
+            raise ValueError(f"duplicate fraud types: {', '.join(dupes)}")
+        return self
+
+    @cached_property
+    def _by_key(self) -> dict[str, str]:
+        return {_fraud_key(k): k for k in self.known}
+
+    def phrase(self, recorded: str) -> str:
+        """The listed type `recorded` names, or the generic phrase."""
+        return self._by_key.get(_fraud_key(recorded), self.generic)
+
+
 class DistrictInfo(Frozen):
     id: str
     name: str
@@ -109,6 +193,7 @@ class District(Frozen):
     district: DistrictInfo
     towns: tuple[Town, ...] = Field(min_length=1)
     carriers: tuple[Carrier, ...] = Field(min_length=1)
+    fraud_types: FraudTypes = FraudTypes()
 
     @model_validator(mode="after")
     def _unique(self) -> District:
@@ -184,8 +269,34 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(path, f"{where}{getattr(exc, 'problem', exc)}") from None
 
 
-def validation_problems(exc: ValidationError) -> list[str]:
-    """Pydantic errors as `field.path: reason` lines, the path as an operator reads it."""
+def node_line(root: yaml.Node | None, loc: Sequence[str | int]) -> int | None:
+    """The line of the deepest node of a composed YAML document on the field path `loc`
+    (for a missing field, its parent's), so a message can say where to look."""
+    node = root
+    if node is None:
+        return None
+    for key in loc:
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if str(k.value) == str(key)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+            child = node.value[key] if 0 <= key < len(node.value) else None
+        if child is None:
+            break
+        node = child
+    return node.start_mark.line + 1
+
+
+def _composed(path: Path) -> yaml.Node | None:
+    try:
+        return yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+
+
+def validation_problems(exc: ValidationError, root: yaml.Node | None = None) -> list[str]:
+    """Pydantic errors as `[line N: ]field.path: reason` lines, the path as an operator reads
+    it, the line when the file's YAML nodes (`root`) are given."""
     problems = []
     for err in exc.errors():
         parts: list[str] = []
@@ -195,7 +306,9 @@ def validation_problems(exc: ValidationError) -> list[str]:
             else:
                 parts.append(("." if parts else "") + str(loc))
         where = "".join(parts) or "(top level)"
-        problems.append(f"{where}: {err['msg']}")
+        line = node_line(root, [p for p in err["loc"] if isinstance(p, str | int)])
+        at = f"line {line}: " if line else ""
+        problems.append(f"{at}{where}: {err['msg'].removeprefix('Value error, ')}")
     return problems
 
 
@@ -203,7 +316,8 @@ def parse_model(path: Path, model: type[M], data: Any) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(path, validation_problems(exc)) from None
+        # Only on failure: read the file's nodes again for the line of each problem.
+        raise ConfigError(path, validation_problems(exc, _composed(path))) from None
 
 
 def load_district(config_dir: Path) -> District:

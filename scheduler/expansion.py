@@ -3,12 +3,21 @@
 Recipients stream in id-keyed batches; each template is rendered once per distinct context
 (once per town, say) unless it uses a per-recipient variable; each chunk commits together with
 the occurrence's cursor, so a killed expansion resumes where it stopped and never duplicates.
+Each chunk checks the weekly cap and writes its messages under a database lock, so expansions
+running at once cannot both fill the same resident's last slot.
+
+One bad campaign fails alone: whatever goes wrong while expanding (an unknown or unapproved
+template, a template that breaks its limits, any unexpected error) marks that occurrence
+`failed` with the reason, and the caller carries on with the others. A template that fails
+for one recipient only excludes that recipient (`render_error`); one that fails for most of
+them fails the occurrence. `pingan occurrences retry` resumes a failed one from its cursor.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,11 +26,11 @@ from typing import Any
 
 from scheduler.campaigns import Campaign, week_index, week_start
 from scheduler.config import District
-from scheduler.exceptions import TemplateError, TemplateNotApproved
-from scheduler.logs import get_logger
+from scheduler.exceptions import PingAnError, TemplateError
+from scheduler.logs import get_logger, mask_text
 from scheduler.models import Occurrence, OccurrenceState
 from scheduler.store import outbox
-from scheduler.store.outbox import QueuedMessage, RecipientRow
+from scheduler.store.outbox import QueuedMessage, RecipientRow, WeeklyCap
 from scheduler.templating import Catalogue, TemplateInfo
 
 log = get_logger("scheduler.expansion")
@@ -32,7 +41,36 @@ OVER_CAP = "over_cap"
 OUTSIDE_AUDIENCE = "outside_audience"
 INVALID = "invalid"
 ALREADY_REACHED = "already_reached"
-OVER_LIMIT = "over_limit"
+OVER_LIMIT = outbox.OVER_LIMIT
+RENDER_ERROR = "render_error"
+
+# A template that failed this many distinct renders, and more often than it succeeded, is
+# broken for the campaign, not for a few recipients: the occurrence fails.
+MAX_RENDER_FAILURES = 20
+
+
+class ExpansionFailed(PingAnError):
+    """The occurrence cannot be expanded."""
+
+
+@dataclass
+class _RenderStats:
+    ok: int = 0
+    failed: int = 0
+    first_error: str | None = None
+
+    def failure(self, info: TemplateInfo, exc: TemplateError) -> None:
+        self.failed += 1
+        if self.first_error is None:
+            self.first_error = str(exc)
+        if self.failed >= MAX_RENDER_FAILURES and self.failed > self.ok:
+            raise ExpansionFailed(self.summary(info.name))
+
+    def summary(self, name: str) -> str:
+        return (
+            f"template {name!r} failed {self.failed} of {self.failed + self.ok} renders; "
+            f"first error: {self.first_error}"
+        )
 
 
 @dataclass
@@ -43,10 +81,14 @@ class ExpansionResult:
     excluded: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     interrupted: bool = False
+    campaign: str = ""
 
 
 class Expander:
     """Expands occurrences of one district's campaigns; shared by the service, CLI and simulator."""
+
+    # Told how many recipients each chunk read (a CLI progress bar); None in the service.
+    on_progress: Callable[[int], None] | None = None
 
     def __init__(
         self,
@@ -73,22 +115,49 @@ class Expander:
         self._villages = {t.id: frozenset(v.id for v in t.villages) for t in district.towns}
 
     def expand(self, campaign: Campaign, occ: Occurrence) -> ExpansionResult:
-        """Expand (or resume expanding) `occ`; does nothing to one already expanded."""
-        bound = log.bind(occurrence_id=occ.id, campaign=occ.campaign)
+        """Expand (or resume expanding) `occ`; does nothing to one already expanded.
+
+        Never raises for the occurrence's own problems: any exception marks it `failed` with
+        the reason (logged as `occurrence.failed`) and comes back as a FAILED result.
+        """
         if occ.state != OccurrenceState.EXPANDING:
-            return ExpansionResult(occ.id, occ.state, occ.queued, dict(occ.excluded), occ.error)
-        local_day = occ.scheduled_at.astimezone(self.tz).date()
+            return result_of(occ)
         try:
+            local_day = occ.scheduled_at.astimezone(self.tz).date()
             templates = self._templates(campaign, local_day)
-        except (TemplateNotApproved, TemplateError) as exc:
+            if campaign.channel == "letter":
+                return self._letters(campaign, occ, templates[""], local_day)
+            return self._sms(campaign, occ, templates, local_day)
+        except Exception as exc:
+            return self.fail(occ, exc)
+
+    def fail(self, occ: Occurrence, exc: Exception | str) -> ExpansionResult:
+        """Mark `occ` failed with the reason; the caller goes on with the other campaigns."""
+        reason = exc if isinstance(exc, str) else describe(exc)
+        bound = log.bind(occurrence_id=occ.id, campaign=occ.campaign)
+        try:
             outbox.set_occurrence_state(
-                self.engine, occ.id, OccurrenceState.FAILED, error=str(exc), now=self.clock()
+                self.engine,
+                occ.id,
+                OccurrenceState.FAILED,
+                error=reason,
+                now=self.clock(),
+                # What earlier chunks queued before the failure is still sent.
+                queued=outbox.count_messages(self.engine, occ.id),
             )
-            bound.error("occurrence.refused", reason=str(exc))
-            return ExpansionResult(occ.id, OccurrenceState.FAILED, 0, error=str(exc))
-        if campaign.channel == "letter":
-            return self._letters(campaign, occ, templates[""], local_day)
-        return self._sms(campaign, occ, templates, local_day)
+        except Exception as db_exc:
+            # The database itself is failing: the occurrence stays `expanding` and is resumed
+            # at the next start.
+            bound.error("occurrence.fail_not_recorded", reason=reason, error=describe(db_exc))
+            return ExpansionResult(
+                occ.id, OccurrenceState.EXPANDING, occ.queued, error=reason, campaign=occ.campaign
+            )
+        if isinstance(exc, (str, PingAnError)):
+            bound.error("occurrence.failed", reason=reason)
+        else:
+            bound.error("occurrence.failed", reason=reason, traceback=masked_traceback(exc))
+        fresh = outbox.get_occurrence(self.engine, occ.id)
+        return result_of(fresh or occ)
 
     def _templates(self, campaign: Campaign, day: dt.date) -> dict[str, TemplateInfo]:
         """Segment → approved template ('' for everyone); refuses unapproved content."""
@@ -130,9 +199,7 @@ class Expander:
         bound = log.bind(occurrence_id=occ.id, campaign=occ.campaign)
         week_from = dt.datetime.combine(week_start(day), dt.time(0), self.tz)
         week_to = week_from + dt.timedelta(days=7)
-        cap_occurrences = outbox.sms_occurrences_between(
-            self.engine, week_from, week_to, exclude=occ.id
-        )
+        cap = WeeklyCap(week_from, week_to, self.weekly_cap)
         target = occ.target or {}
         limit = target.get("limit")
         topup_window = (
@@ -142,8 +209,13 @@ class Expander:
         )
         excluded: Counter[str] = Counter(occ.excluded or {})
         queued_so_far = outbox.count_messages(self.engine, occ.id) if occ.cursor else 0
-        bodies: dict[tuple[Any, ...], tuple[int, int]] = {}
-        extra = target.get("extra") or {}
+        bodies: dict[tuple[Any, ...], tuple[int, int] | TemplateError] = {}
+        # Event text (a case's fraud type) only as values from the configured lists.
+        extra = self.catalogue.event_values(target.get("extra") or {})
+        # Event SMS go out unreviewed by a person: held to the segment limit, never sent long.
+        max_segments = self.catalogue.max_segments if campaign.schedule.event else None
+        renders = _RenderStats()
+        cursor = occ.cursor
         # An occurrence aimed at one town or village (a top-up, a local-case alert) reads only
         # its residents; `_in_audience` still checks every row.
         for batch in outbox.iter_recipient_batches(
@@ -154,7 +226,14 @@ class Expander:
             village_id=target.get("village"),
         ):
             lo, hi = batch[0].id, batch[-1].id
-            counts = outbox.messages_per_recipient(self.engine, cap_occurrences, lo, hi)
+            # A first look without the lock spares rendering for residents already at the cap;
+            # the chunk's write checks again under it.
+            counts = outbox.messages_per_recipient(
+                self.engine,
+                outbox.sms_occurrences_between(self.engine, week_from, week_to, exclude=occ.id),
+                lo,
+                hi,
+            )
             reached = (
                 outbox.recipients_messaged(
                     self.engine,
@@ -177,7 +256,11 @@ class Expander:
                     excluded[reason] += 1
                     continue
                 assert info is not None
-                body_id, segments = self._body(info, r, bodies, extra)
+                body = self._body(info, r, bodies, extra, max_segments, renders)
+                if isinstance(body, TemplateError):
+                    excluded[RENDER_ERROR] += 1
+                    continue
+                body_id, segments = body
                 rows.append(
                     QueuedMessage(
                         occ.id,
@@ -193,9 +276,35 @@ class Expander:
                         occ.scheduled_at,
                     )
                 )
-            outbox.write_chunk(self.engine, occ.id, rows, cursor=hi, excluded=dict(excluded))
-            queued_so_far += len(rows)
-            bound.debug("occurrence.chunk", cursor=hi, rows=len(rows))
+            if renders.failed and not renders.ok:
+                # Nothing has rendered at all: the template is broken, not one recipient's text.
+                raise ExpansionFailed(renders.summary(_template_names(templates)))
+            written = outbox.write_capped_chunk(
+                self.engine,
+                occ.id,
+                rows,
+                cap=cap,
+                expect_cursor=cursor,
+                cursor=hi,
+                excluded=dict(excluded),
+                room=None if limit is None else max(limit - queued_so_far, 0),
+            )
+            if written.stale:
+                bound.warning("occurrence.expanded_elsewhere", cursor=cursor)
+                return ExpansionResult(
+                    occ.id,
+                    OccurrenceState.EXPANDING,
+                    queued_so_far,
+                    dict(excluded),
+                    interrupted=True,
+                    campaign=occ.campaign,
+                )
+            cursor = hi
+            excluded = Counter(written.excluded)
+            queued_so_far += written.written
+            if self.on_progress is not None:
+                self.on_progress(len(batch))
+            bound.debug("occurrence.chunk", cursor=hi, rows=written.written)
             if self.stop.is_set():
                 bound.info("occurrence.interrupted", cursor=hi, queued=queued_so_far)
                 return ExpansionResult(
@@ -204,13 +313,22 @@ class Expander:
                     queued_so_far,
                     dict(excluded),
                     interrupted=True,
+                    campaign=occ.campaign,
                 )
         queued = outbox.count_messages(self.engine, occ.id)
         outbox.set_occurrence_state(
             self.engine, occ.id, OccurrenceState.READY, now=self.clock(), queued=queued
         )
         bound.info("occurrence.expanded", queued=queued, excluded=dict(excluded), kind=occ.kind)
-        return ExpansionResult(occ.id, OccurrenceState.READY, queued, dict(excluded))
+        if renders.failed:
+            bound.warning(
+                "occurrence.render_errors",
+                recipients=excluded[RENDER_ERROR],
+                first_error=renders.first_error,
+            )
+        return ExpansionResult(
+            occ.id, OccurrenceState.READY, queued, dict(excluded), campaign=occ.campaign
+        )
 
     def _classify(
         self,
@@ -245,9 +363,13 @@ class Expander:
         self,
         info: TemplateInfo,
         r: RecipientRow,
-        cache: dict[tuple[Any, ...], tuple[int, int]],
+        cache: dict[tuple[Any, ...], tuple[int, int] | TemplateError],
         extra: dict[str, Any],
-    ) -> tuple[int, int]:
+        max_segments: int | None,
+        renders: _RenderStats,
+    ) -> tuple[int, int] | TemplateError:
+        """The stored body for this recipient, or the error its rendering raised (a failed
+        context is remembered like a good one, so it is not rendered again)."""
         key: tuple[Any, ...] = (
             info.name,
             r.town_id if "town" in info.variables else None,
@@ -265,7 +387,14 @@ class Expander:
             recipient={"name": r.name or "", "segments": list(r.segments)},
             extra=extra,
         )
-        rendered = self.catalogue.render(info.name, ctx)
+        try:
+            rendered = self.catalogue.render(info.name, ctx, max_segments=max_segments)
+        except TemplateError as exc:
+            if not info.per_recipient:
+                cache[key] = exc
+            renders.failure(info, exc)
+            return exc
+        renders.ok += 1
         body_id = outbox.ensure_body(
             self.engine,
             text=rendered.text,
@@ -305,4 +434,27 @@ class Expander:
             towns=len(towns),
             folder=str(out),
         )
-        return ExpansionResult(occ.id, OccurrenceState.DONE, len(towns))
+        return ExpansionResult(occ.id, OccurrenceState.DONE, len(towns), campaign=occ.campaign)
+
+
+def describe(exc: BaseException) -> str:
+    """An error as one line for an operator, phone numbers masked (a database error quotes
+    its parameters)."""
+    text = str(exc) if isinstance(exc, PingAnError) else f"{type(exc).__name__}: {exc}"
+    return mask_text(text)
+
+
+def masked_traceback(exc: BaseException) -> str:
+    """The traceback of an unexpected error for the log, phone numbers masked."""
+    return mask_text("".join(traceback.format_exception(exc)))
+
+
+def result_of(occ: Occurrence) -> ExpansionResult:
+    """The result an occurrence already carries (one expanded, failed or being sent)."""
+    return ExpansionResult(
+        occ.id, occ.state, occ.queued, dict(occ.excluded or {}), occ.error, campaign=occ.campaign
+    )
+
+
+def _template_names(templates: dict[str, TemplateInfo]) -> str:
+    return ", ".join(sorted({t.name for t in templates.values()}))

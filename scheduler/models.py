@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Numeric,
     String,
     Text,
     TypeDecorator,
@@ -264,12 +266,37 @@ class FraudCase(Base):
 
     case_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    amount_yuan: Mapped[int] = mapped_column(BigInteger)
+    # Yuan with fen: 99,999.50 is below the 100,000-yuan rule, not rounded up into it.
+    amount_yuan: Mapped[Decimal] = mapped_column(Numeric(14, 2))
     fraud_type: Mapped[str] = mapped_column(String(64))
     place: Mapped[str | None] = mapped_column(String(255))
     town_id: Mapped[str] = mapped_column(String(64))
     village_id: Mapped[str] = mapped_column(String(64))
     imported_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class ReportedSend(Base):
+    """Sends a carrier or town made on its own and reported to the office (`pingan sends
+    import`): one row per source, subject and day or ISO week; re-importing updates it."""
+
+    __tablename__ = "reported_sends"
+
+    source_kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # carrier | town
+    source_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subject_kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # carrier|town|village
+    subject_key: Mapped[str] = mapped_column(String(140), primary_key=True)
+    period: Mapped[str] = mapped_column(String(10), primary_key=True)  # 2022-10-12 | 2022-W41
+    town_id: Mapped[str] = mapped_column(String(64), default="")
+    village_id: Mapped[str] = mapped_column(String(64), default="")
+    carrier: Mapped[str] = mapped_column(String(16), default="")
+    first_day: Mapped[dt.date] = mapped_column(Date)
+    last_day: Mapped[dt.date] = mapped_column(Date)
+    messages_sent: Mapped[int] = mapped_column(BigInteger)
+    people_reached: Mapped[int | None] = mapped_column(BigInteger)
+    note: Mapped[str] = mapped_column(Text, default="")
+    imported_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_reported_sends_last_day", "last_day"),)
 
 
 class SchedulerLock(Base):
@@ -309,3 +336,68 @@ class FiledReport(Base):
     month: Mapped[str] = mapped_column(String(7), primary_key=True)
     filed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     path: Mapped[str] = mapped_column(Text)
+
+
+# --- Console accounts (issue 13): users, login throttle, audit log ---------------------------
+
+
+class Role(enum.StrEnum):
+    """Console roles, each allowed what the ones before it are: viewer < operator < approver <
+    admin."""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    APPROVER = "approver"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return list(Role).index(self)
+
+    def allows(self, needed: Role) -> bool:
+        return self.rank >= needed.rank
+
+
+class User(Base):
+    """A console account; `town_id` set means the user sees and acts on that town only."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[Role] = mapped_column(_enum(Role, "user_role"))
+    town_id: Mapped[str | None] = mapped_column(String(64))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Bumped on a password change or disable: sessions signed with an older value end.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_login_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class LoginFailure(Base):
+    """Failed console logins, kept for the throttle window so every process sees them."""
+
+    __tablename__ = "login_failures"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    username: Mapped[str] = mapped_column(String(64))
+    peer: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_login_failures_username_peer_at", "username", "peer", "at"),)
+
+
+class AuditEntry(Base):
+    """Who changed what, when: every change made through the console or to accounts."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(255), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+    peer: Mapped[str | None] = mapped_column(String(64))

@@ -2,7 +2,8 @@
 
 The live service (APScheduler waking it), `pingan campaigns run`, the catch-up at start and the
 simulator all fire through here; the occurrence key (campaign, scheduled time) makes a second
-firing of the same time a no-op.
+firing of the same time a no-op. A campaign that cannot be expanded fails alone (its
+occurrence `failed`, with the reason) and `retry` runs it again once the cause is fixed.
 """
 
 from __future__ import annotations
@@ -13,9 +14,16 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from scheduler.campaigns import Campaign, Campaigns
-from scheduler.expansion import Expander, ExpansionResult
+from scheduler.exceptions import PingAnError, UnknownName
+from scheduler.expansion import (
+    Expander,
+    ExpansionResult,
+    describe,
+    masked_traceback,
+    result_of,
+)
 from scheduler.logs import get_logger
-from scheduler.models import OccurrenceState
+from scheduler.models import Occurrence, OccurrenceState
 from scheduler.store import outbox
 
 log = get_logger("scheduler.planner")
@@ -68,7 +76,7 @@ class Planner:
                 kind=firing.kind,
             )
         if occ.state != OccurrenceState.EXPANDING:
-            return ExpansionResult(occ.id, occ.state, occ.queued, dict(occ.excluded), occ.error)
+            return result_of(occ)
         return self.expander.expand(c, occ)
 
     def fire_scheduled(self, campaign: Campaign, scheduled_at: dt.datetime) -> ExpansionResult:
@@ -82,31 +90,87 @@ class Planner:
         return latest
 
     def catch_up(self, now: dt.datetime) -> list[ExpansionResult]:
-        """At start: fire what was missed while down (inside grace), and resume expansions."""
+        """At start: fire what was missed while down (inside grace), and resume expansions.
+
+        The results include due occurrences that failed before (so `pingan run --once` can
+        name them); one campaign's failure never keeps the others from firing.
+        """
         results = []
         for c in self.campaigns.scheduled():
-            t = self.latest_due(c, now)
-            if t is None:
-                continue
-            existing = outbox.find_occurrence(self.engine, c.name, t)
-            if existing is None:
-                log.info("occurrence.catch_up", campaign=c.name, scheduled_at=t.isoformat())
-            if existing is None or existing.state == OccurrenceState.EXPANDING:
-                results.append(self.fire_scheduled(c, t))
+            try:
+                t = self.latest_due(c, now)
+                if t is None:
+                    continue
+                existing = outbox.find_occurrence(self.engine, c.name, t)
+                if existing is None:
+                    log.info("occurrence.catch_up", campaign=c.name, scheduled_at=t.isoformat())
+                if existing is None or existing.state == OccurrenceState.EXPANDING:
+                    results.append(self.fire_scheduled(c, t))
+                elif existing.state == OccurrenceState.FAILED:
+                    results.append(result_of(existing))
+            except Exception as exc:
+                # Not the occurrence's fault (the expander records those): the database, say.
+                log.error(
+                    "occurrence.catch_up_failed",
+                    campaign=c.name,
+                    error=describe(exc),
+                    traceback=masked_traceback(exc),
+                )
         results.extend(self.resume_expanding())
         return results
 
     def resume_expanding(self) -> list[ExpansionResult]:
-        """Finish expansions cut short by a crash or a stop."""
+        """Finish expansions cut short by a crash or a stop; one whose campaign is no longer
+        defined is marked failed (it would otherwise wait for ever)."""
         results = []
         for occ in outbox.list_occurrences(self.engine, limit=10_000):
             if occ.state != OccurrenceState.EXPANDING:
                 continue
-            name = occ.campaign.split(":", 1)[0]
-            if name not in self.campaigns.by_name:
+            campaign = self.campaign_of(occ)
+            if campaign is None:
+                results.append(self.expander.fail(occ, self._no_campaign(occ)))
                 continue
-            results.append(self.expander.expand(self.campaigns.get(name), occ))
+            results.append(self.expander.expand(campaign, occ))
         return results
+
+    def campaign_of(self, occ: Occurrence) -> Campaign | None:
+        """The campaign an occurrence belongs to (its key is NAME or NAME:detail)."""
+        return self.campaigns.by_name.get(occ.campaign.split(":", 1)[0])
+
+    def _no_campaign(self, occ: Occurrence) -> str:
+        name = occ.campaign.split(":", 1)[0]
+        return f"campaign {name!r} is not defined in campaigns.yaml any more"
+
+    def retry(self, occurrence_id: int) -> ExpansionResult:
+        """Run a failed occurrence again, at its original scheduled time, once its cause is
+        fixed: it resumes from its cursor, so nobody already queued is queued twice.
+
+        Raises UnknownName for no such occurrence and PingAnError for one that is not failed
+        (or that another retry has just taken).
+        """
+        occ = outbox.get_occurrence(self.engine, occurrence_id)
+        if occ is None:
+            raise UnknownName(f"no occurrence {occurrence_id}")
+        if occ.state != OccurrenceState.FAILED:
+            raise PingAnError(
+                f"occurrence {occurrence_id} ({occ.campaign}) is {occ.state}, not failed: "
+                "only a failed occurrence can be retried"
+            )
+        if not outbox.reopen_failed(self.engine, occurrence_id):
+            raise PingAnError(f"occurrence {occurrence_id} is being retried already")
+        occ = outbox.get_occurrence(self.engine, occurrence_id)
+        assert occ is not None
+        log.info(
+            "occurrence.retry",
+            occurrence_id=occ.id,
+            campaign=occ.campaign,
+            scheduled_at=occ.scheduled_at.isoformat(),
+            cursor=occ.cursor,
+        )
+        campaign = self.campaign_of(occ)
+        if campaign is None:
+            return self.expander.fail(occ, self._no_campaign(occ))
+        return self.expander.expand(campaign, occ)
 
     def next_fire_times(
         self, campaign: Campaign, now: dt.datetime, count: int = 3

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -22,21 +22,123 @@ from sqlalchemy import Engine
 
 from scheduler.config import District, parse_model, read_yaml
 from scheduler.exceptions import ConfigError, UnknownName
+from scheduler.models import MessageState
+from scheduler.numbers import half_up, half_up_int
 from scheduler.store import quotas as store
+from scheduler.store import sends as sends_store
 
 QUOTAS_FILE = "quotas.yaml"
 
 SubjectKind = Literal["town", "village", "carrier"]
 WindowKind = Literal["week", "month", "cumulative"]
-Measure = Literal["messages_sent", "messages_delivered", "people_reached"]
+Measure = str  # a key of MEASURES
 BaseKind = Literal["population", "households", "subscribers"]
-
-MEASURE_LABELS: dict[str, str] = {
-    "messages_sent": "messages sent (播发短信数量)",
-    "messages_delivered": "messages delivered (送达短信数量)",
-    "people_reached": "people reached, distinct recipients (覆盖人口)",
-}
+Sources = Literal["own", "reported", "both"]
 TOTAL_NAME = "合计"
+
+
+# --------------------------------------------------------------------------- measures
+
+
+@dataclass(frozen=True)
+class CountQuery:
+    """What a measure counts over: local days first..last, grouped by a subject kind."""
+
+    by: SubjectKind
+    first: dt.date
+    last: dt.date
+    tz: ZoneInfo
+    towns: tuple[str, ...] = ()
+    by_residence: bool = False
+
+    @property
+    def start(self) -> dt.datetime:
+        return local_midnight(self.first, self.tz)
+
+    @property
+    def end(self) -> dt.datetime:
+        return local_midnight(self.last + dt.timedelta(days=1), self.tz)
+
+
+Counter = Callable[[Engine, CountQuery], dict[tuple[str, ...], int]]
+
+
+@dataclass(frozen=True)
+class MeasureDef:
+    """A measure quotas can count. Adding one is one entry in MEASURES below: the rule schema,
+    `quota status`, the report and the API read its id, labels and counter from here."""
+
+    id: str
+    label: str  # English with the Chinese term, for the CLI
+    zh: str  # the report's 口径 column
+    own: Counter  # the service's own sends
+    reported: str | None = None  # the reported-sends column counted; None: nobody reports it
+    people: bool = False  # distinct residents (can be split by residence type)
+
+
+def _counter_column(pick: int) -> Counter:
+    def count(engine: Engine, q: CountQuery) -> dict[tuple[str, ...], int]:
+        sums = store.sum_counters(
+            engine, first_day=q.first, last_day=q.last, by=q.by, towns=q.towns or None
+        )
+        return {k: v[pick] for k, v in sums.items()}
+
+    return count
+
+
+def _people(states: tuple[MessageState, ...]) -> Counter:
+    def count(engine: Engine, q: CountQuery) -> dict[tuple[str, ...], int]:
+        return store.people_reached(
+            engine,
+            start=q.start,
+            end=q.end,
+            by=q.by,
+            towns=q.towns or None,
+            by_residence=q.by_residence,
+            states=states,
+        )
+
+    return count
+
+
+# A resident is reached when a message to them went out (sent or delivered), not when their
+# only message failed or came back undelivered.
+REACHED_STATES = (MessageState.SENT, MessageState.DELIVERED)
+
+MEASURES: dict[str, MeasureDef] = {
+    m.id: m
+    for m in (
+        MeasureDef(
+            "messages_sent",
+            "messages sent (播发短信数量)",
+            "发送条数",
+            _counter_column(0),
+            reported="messages_sent",
+        ),
+        MeasureDef(
+            "messages_delivered",
+            "messages delivered (送达短信数量)",
+            "送达条数",
+            _counter_column(1),
+        ),
+        MeasureDef(
+            "people_reached",
+            "people reached, residents sent a message (覆盖人数)",
+            "覆盖人数",
+            _people(REACHED_STATES),
+            reported="people_reached",
+            people=True,
+        ),
+        MeasureDef(
+            "people_delivered",
+            "people delivered, residents with a delivered message (送达人数)",
+            "送达人数",
+            _people((MessageState.DELIVERED,)),
+            people=True,
+        ),
+    )
+}
+MEASURE_LABELS: dict[str, str] = {k: m.label for k, m in MEASURES.items()}
 
 
 # --------------------------------------------------------------------------- rules
@@ -75,6 +177,10 @@ class QuotaRule(_Frozen):
     measure: Measure
     base: BaseKind
     share: Decimal | None = Field(None, gt=0, le=1)
+    # Which sends count: the service's own, those carriers and towns report (`pingan sends
+    # import`), or both. Default: reported for carrier rules (carriers send on their own,
+    # seed 001), own for the rest.
+    sources: Sources | None = None
     milestones: tuple[Milestone, ...] = ()
     # Split village subjects by residence type: registered residents are the village's
     # responsibility, migrants the police station's (seed 003).
@@ -83,6 +189,13 @@ class QuotaRule(_Frozen):
     towns: tuple[str, ...] = ()
 
     _parse_share = field_validator("share", mode="before")(_share)
+
+    @field_validator("measure")
+    @classmethod
+    def _known_measure(cls, value: str) -> str:
+        if value not in MEASURES:
+            raise ValueError(f"unknown measure {value!r} (known: {', '.join(MEASURES)})")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> QuotaRule:
@@ -112,8 +225,10 @@ class QuotaRule(_Frozen):
             raise ValueError("households are known per town only")
         if self.by_residence and self.subject != "village":
             raise ValueError("by_residence applies to village rules")
-        if self.by_residence and self.measure != "people_reached":
-            raise ValueError("by_residence counts people reached (messages carry no residence)")
+        if self.by_residence and not MEASURES[self.measure].people:
+            raise ValueError("by_residence counts people (messages carry no residence)")
+        if self.sources in ("reported", "both") and MEASURES[self.measure].reported is None:
+            raise ValueError(f"reported sends carry no {self.measure}")
         if self.towns and self.subject == "carrier":
             raise ValueError("carrier rules cannot be limited to towns")
         return self
@@ -126,7 +241,15 @@ class QuotaRule(_Frozen):
 
     @property
     def measure_label(self) -> str:
-        return MEASURE_LABELS[self.measure]
+        return MEASURES[self.measure].label
+
+    @property
+    def counted_sources(self) -> Sources:
+        if self.sources is not None:
+            return self.sources
+        if self.subject == "carrier" and MEASURES[self.measure].reported is not None:
+            return "reported"
+        return "own"
 
     def as_subject(self, kind: SubjectKind) -> QuotaRule:
         """The same rule counted at another grain (a town rule village by village, say)."""
@@ -283,8 +406,18 @@ def window_labelled(rule: QuotaRule, label: str) -> Window | None:
 
 
 def target_of(base: int, share: Decimal) -> int:
-    """base × share rounded half up (round() would round 0.5 to even)."""
-    return int((Decimal(base) * share).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    """base × share rounded half up (the province's tables round 0.5 up, not to even)."""
+    return half_up_int(Decimal(base) * share)
+
+
+def days_in_month(day: dt.date) -> int:
+    return _month_end(day.replace(day=1)).day
+
+
+def weekly_share_of_month(month_target: int, month: dt.date) -> int:
+    """A monthly target spread to one week by the month's real days, half up:
+    November's 1065 × 7 / 30 = 248.5 → 249."""
+    return half_up_int(Decimal(month_target) * 7 / days_in_month(month))
 
 
 def share_label(share: Decimal) -> str:
@@ -476,7 +609,7 @@ class AttainmentRow:
     subject: Subject
     base: int
     target: int
-    actual: int
+    actual: int  # what the rule counts: own, reported or their sum (rule.counted_sources)
     attainment: Decimal  # percent of target, one decimal
     shortfall: int
     elapsed: Decimal  # share of the window gone by at `now`, 0..1
@@ -487,6 +620,8 @@ class AttainmentRow:
     rank: int = 0
     laggard: bool = False
     milestones: tuple[MilestoneResult, ...] = ()
+    own: int = 0  # the service's own sends
+    reported: int = 0  # sends carriers and towns reported
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -497,6 +632,8 @@ class AttainmentRow:
             "subject": self.subject.to_dict(),
             "base": self.base,
             "target": self.target,
+            "own": self.own,
+            "reported": self.reported,
             "actual": self.actual,
             "attainment_pct": float(self.attainment),
             "shortfall": self.shortfall,
@@ -519,13 +656,10 @@ class AttainmentRow:
         }
 
 
-ONE_DP = Decimal("0.1")
-
-
 def _pct(num: int, den: Decimal | int) -> Decimal:
     if den == 0:
         return Decimal(100) if num >= 0 else Decimal(0)
-    return (Decimal(num) * 100 / Decimal(den)).quantize(ONE_DP, rounding=ROUND_HALF_UP)
+    return half_up(Decimal(num) * 100 / Decimal(den), 1)
 
 
 def elapsed_share(window: Window, now: dt.datetime, tz: ZoneInfo) -> Decimal:
@@ -567,23 +701,21 @@ def evaluate(
     now: dt.datetime,
     tz: ZoneInfo,
     milestone_actuals: Sequence[int | None] = (),
+    own: int | None = None,
+    reported: int = 0,
 ) -> AttainmentRow:
     """One subject's attainment from its count: the pure part of `attainment`."""
     target = target_of(subject.base, rule.final_share)
     elapsed = elapsed_share(window, now, tz)
     expected_d = expected_by(window, subject.base, target, now, tz)
-    expected = int(expected_d.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    expected = half_up_int(expected_d)
     if actual >= target:
         status = Status.MET
     elif elapsed < 1 and actual >= expected:
         status = Status.ON_TRACK
     else:
         status = Status.BEHIND
-    projected = (
-        int((Decimal(actual) / elapsed).quantize(Decimal(1), rounding=ROUND_HALF_UP))
-        if elapsed > 0
-        else None
-    )
+    projected = half_up_int(Decimal(actual) / elapsed) if elapsed > 0 else None
     milestones = []
     for i, m in enumerate(window.milestones):
         m_actual = milestone_actuals[i] if i < len(milestone_actuals) else None
@@ -607,12 +739,14 @@ def evaluate(
         actual=actual,
         attainment=_pct(actual, target),
         shortfall=max(0, target - actual),
-        elapsed=elapsed.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP),
+        elapsed=half_up(elapsed, 4),
         expected=expected,
         pace=_pct(actual, expected_d) if expected_d > 0 else None,
         projected=projected,
         status=status,
         milestones=tuple(milestones),
+        own=actual if own is None else own,
+        reported=reported,
     )
 
 
@@ -635,26 +769,37 @@ def rank(rows: Sequence[AttainmentRow], *, bottom: int = 0) -> list[AttainmentRo
     ]
 
 
-def _counts(
-    engine: Engine,
-    rule: QuotaRule,
-    first: dt.date,
-    last: dt.date,
-    tz: ZoneInfo,
-) -> dict[tuple[str, ...], int]:
-    towns = rule.towns or None
-    if rule.measure == "people_reached":
-        return store.people_reached(
+@dataclass(frozen=True)
+class Counts:
+    """One window's counts per subject key: own sends and reported sends apart."""
+
+    own: dict[tuple[str, ...], int]
+    reported: dict[tuple[str, ...], int]
+
+    def of(self, rule: QuotaRule, key: tuple[str, ...]) -> tuple[int, int, int]:
+        """(own, reported, counted) for a subject; counted follows the rule's sources."""
+        own, reported = self.own.get(key, 0), self.reported.get(key, 0)
+        counted = {"own": own, "reported": reported, "both": own + reported}
+        return own, reported, counted[rule.counted_sources]
+
+
+def count(engine: Engine, rule: QuotaRule, first: dt.date, last: dt.date, tz: ZoneInfo) -> Counts:
+    """A rule's measure over local days first..last, own and reported sends apart. Own sends
+    count on the local day they were sent (scheduler.store.counters.local_day); a reported
+    day or week counts in the window holding its last day."""
+    measure = MEASURES[rule.measure]
+    q = CountQuery(rule.subject, first, last, tz, rule.towns, rule.by_residence)
+    reported: dict[tuple[str, ...], int] = {}
+    if measure.reported is not None and not rule.by_residence:
+        reported = sends_store.sum_reported(
             engine,
-            start=local_midnight(first, tz),
-            end=local_midnight(last + dt.timedelta(days=1), tz),
+            first_day=first,
+            last_day=last,
             by=rule.subject,
-            towns=towns,
-            by_residence=rule.by_residence,
+            column=measure.reported,
+            towns=rule.towns or None,
         )
-    sums = store.sum_counters(engine, first_day=first, last_day=last, by=rule.subject, towns=towns)
-    pick = 0 if rule.measure == "messages_sent" else 1
-    return {k: v[pick] for k, v in sums.items()}
+    return Counts(measure.own(engine, q), reported)
 
 
 def attainment(
@@ -668,24 +813,27 @@ def attainment(
     bottom: int = 0,
 ) -> list[AttainmentRow]:
     """Every subject's attainment of `rule` in `window` at `now`, ranked, laggards marked."""
-    counts = _counts(engine, rule, window.start, window.end, tz)
+    counts = count(engine, rule, window.start, window.end, tz)
     today = now.astimezone(tz).date()
-    milestone_counts: list[dict[tuple[str, ...], int] | None] = [
-        _counts(engine, rule, window.start, m.by, tz) if m.by < today else None
+    milestone_counts: list[Counts | None] = [
+        count(engine, rule, window.start, m.by, tz) if m.by < today else None
         for m in window.milestones
     ]
     rows = []
     for s in subjects(rule, district):
-        m_actuals = [None if c is None else c.get(s.count_key, 0) for c in milestone_counts]
+        m_actuals = [None if c is None else c.of(rule, s.count_key)[2] for c in milestone_counts]
+        own, reported, counted = counts.of(rule, s.count_key)
         rows.append(
             evaluate(
                 rule,
                 window,
                 s,
-                counts.get(s.count_key, 0),
+                counted,
                 now=now,
                 tz=tz,
                 milestone_actuals=m_actuals,
+                own=own,
+                reported=reported,
             )
         )
     return rank(rows, bottom=bottom)
@@ -701,6 +849,7 @@ class RuleStatus:
     rule: QuotaRule
     window: Window
     rows: tuple[AttainmentRow, ...]
+    open: bool = False  # the window has not ended yet at the `now` it was judged at (进行中)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -710,9 +859,11 @@ class RuleStatus:
                 "label": self.window.label,
                 "start": self.window.start.isoformat(),
                 "end": self.window.end.isoformat(),
+                "open": self.open,
             },
             "measure": self.rule.measure,
             "measure_label": self.rule.measure_label,
+            "sources": self.rule.counted_sources,
             "subject": self.rule.subject,
             "base": self.rule.base,
             "share": str(self.rule.final_share),
@@ -749,8 +900,20 @@ def status(
     tz: ZoneInfo,
     bottom: int = 0,
 ) -> list[RuleStatus]:
-    """Attainment of each (rule, window), for the CLI, the HTTP API and the monthly report."""
+    """Attainment of each (rule, window) at `now`: the one function that judges a window, for
+    the CLI, the HTTP API and the monthly report alike (so they cannot disagree)."""
     return [
-        RuleStatus(r, w, tuple(attainment(engine, r, w, district, now=now, tz=tz, bottom=bottom)))
+        RuleStatus(
+            r,
+            w,
+            tuple(attainment(engine, r, w, district, now=now, tz=tz, bottom=bottom)),
+            open=is_open(w, now, tz),
+        )
         for r, w in pairs
     ]
+
+
+def is_open(window: Window, now: dt.datetime, tz: ZoneInfo) -> bool:
+    """Has the window begun and not yet ended at `now`? Its figures can still change."""
+    start, end = window.bounds(tz)
+    return start <= now < end

@@ -1,8 +1,10 @@
 """Importing recipient lists: streamed CSV, any encoding Chinese Excel writes, nothing lost.
 
 Every row is either imported (upserted by phone) or written to a rejects file beside the input
-with its line number and reason; the import never stops at a bad row. Only the file itself
-being unreadable (missing, undecodable, no phone/town/village columns) stops it.
+with its line number and reason (a bad value, a line that does not decode in the file's
+encoding, an oversized line, a phone placed in two towns); the import never stops at a bad
+row. Only the file itself being unreadable (missing, empty, no phone/town/village columns)
+stops it.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from typing import Any, BinaryIO
 
 from sqlalchemy import Engine
 
+from scheduler.cell_safety import neutralise_cell
 from scheduler.config import SEGMENTS, District, Town, Village
 from scheduler.exceptions import InputFileError, InvalidPhoneNumber, UnknownName
 from scheduler.phones import CARRIERS, carrier_of, normalize
-from scheduler.store.recipients import stats, upsert_recipients
+from scheduler.store.recipients import stats, towns_written_at, upsert_recipients
+from scheduler.textfiles import REPLACEMENT, choose_encoding
 
 CHUNK_ROWS = 5000
-READ_BYTES = 1 << 20
+# A recipient row is well under 1 KB; a longer line is rejected alone, read without holding it.
+MAX_LINE = 65_536
 # Accepted header names per column (compared stripped and lower-cased).
 COLUMNS: dict[str, tuple[str, ...]] = {
     "phone": ("phone", "mobile", "手机号", "手机号码", "手机", "电话", "电话号码", "联系电话"),
@@ -89,52 +94,16 @@ class ImportSummary:
             "imported": self.imported,
             "updated": self.updated,
             "rejected": self.rejected,
-            "by_town": dict(sorted(self.by_town.items())),
-            "by_carrier": dict(sorted(self.by_carrier.items())),
+            "by_town": dict(sorted((+self.by_town).items())),
+            "by_carrier": dict(sorted((+self.by_carrier).items())),
             "rejects_file": self.rejects_file,
             "seconds": round(self.seconds, 3),
         }
 
 
-def first_undecodable(fh: BinaryIO, encoding: str) -> tuple[int, str] | None:
-    """(line, reason) of the first bytes `encoding` cannot decode, or None; rewinds `fh`.
-
-    One streamed pass at codec speed, so a wrong encoding is found before any row is
-    imported, with the exact line to show.
-    """
-    decoder = codecs.getincrementaldecoder(encoding)()
-    lines = 1
-    try:
-        while chunk := fh.read(READ_BYTES):
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError as exc:
-                # exc.object is the decoder's pending tail (never a newline) plus this chunk.
-                return lines + bytes(exc.object[: exc.start]).count(b"\n"), exc.reason
-            lines += chunk.count(b"\n")
-        try:
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError as exc:
-            return lines, exc.reason
-        return None
-    finally:
-        fh.seek(0)
-
-
 def detect_encoding(fh: BinaryIO) -> str:
-    """utf-8-sig, utf-8 or gb18030 (a superset of GBK, what Chinese Excel writes).
-
-    The first that decodes the whole file; utf-8 when none does (the caller then reports
-    where it fails). Leaves `fh` at the start.
-    """
-    head = fh.read(len(codecs.BOM_UTF8))
-    fh.seek(0)
-    if head == codecs.BOM_UTF8:
-        return "utf-8-sig"
-    for candidate in ("utf-8", "gb18030"):
-        if first_undecodable(fh, candidate) is None:
-            return candidate
-    return "utf-8"
+    """utf-8-sig, utf-8 or gb18030, decided once for the file (textfiles.choose_encoding)."""
+    return choose_encoding(fh)
 
 
 def rejects_path(path: Path) -> Path:
@@ -257,22 +226,81 @@ class RowChecker:
         }
 
 
-def _rows(text: io.TextIOBase, path: Path, encoding: str) -> Iterator[tuple[int, list[str]]]:
-    reader = csv.reader(text)
-    try:
-        for row in reader:
-            yield reader.line_num, row
-    except UnicodeDecodeError as exc:
-        raise InputFileError(
-            f"{path}, line {reader.line_num + 1}: cannot decode as {encoding} ({exc.reason}); "
-            "give the file's encoding with --encoding"
-        ) from None
-    except csv.Error as exc:
-        raise InputFileError(f"{path}, line {reader.line_num}: {exc}") from None
+class _Lines:
+    """The file's physical lines for csv.reader, none longer than `limit` characters.
+
+    A longer line (a pasted document, a binary blob) is read through without holding it and
+    handed on empty; its number is kept so that only its row is rejected.
+    """
+
+    def __init__(self, text: io.TextIOBase, limit: int) -> None:
+        self.text = text
+        self.limit = limit
+        self.number = 0
+        self.oversized: set[int] = set()
+        self.last = ""
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = self.text.readline(self.limit + 1)
+        if not line:
+            raise StopIteration
+        self.number += 1
+        if len(line) > self.limit and not line.endswith(("\n", "\r")):
+            while (more := self.text.readline(self.limit)) and not more.endswith(("\n", "\r")):
+                pass
+            self.oversized.add(self.number)
+            line = "\n"
+        self.last = line
+        return line
+
+    def skip_rest_of_quoted_cell(self) -> None:
+        """After csv's field limit broke a quoted cell spanning lines: read to its closing quote.
+
+        No line is longer than `limit` (< csv's 131,072), so the cell began on an earlier line
+        and an odd number of quotes on a line closes it (a doubled quote counts twice).
+        """
+        line = self.last
+        while line.count('"') % 2 == 0:
+            try:
+                line = next(self)
+            except StopIteration:
+                return
+
+
+def _rows(lines: _Lines, encoding: str) -> Iterator[tuple[int, list[str], str | None]]:
+    """(line, cells, reason to reject or None) per CSV record; a broken record ends only itself."""
+    reader = csv.reader(lines)
+    previous = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            if "field limit" in str(exc):
+                lines.skip_rest_of_quoted_cell()
+            previous = lines.number
+            yield lines.number, [], f"unreadable CSV record ({exc})"
+            continue
+        line = reader.line_num
+        reason = None
+        if any(n in lines.oversized for n in range(previous + 1, line + 1)):
+            reason = f"line longer than {lines.limit} characters"
+            row = []
+        elif any(REPLACEMENT in cell for cell in row):
+            reason = f"cannot decode as {encoding} (bytes shown as {REPLACEMENT})"
+        previous = line
+        yield line, row, reason
 
 
 class _Rejects:
-    """The rejects file, opened on the first bad row (UTF-8 with BOM, so Excel opens it)."""
+    """The rejects file, opened on the first bad row (UTF-8 with BOM, so Excel opens it).
+
+    Cells are written as text (cell_safety): the file is opened in a spreadsheet.
+    """
 
     def __init__(self, path: Path, header: list[str]) -> None:
         self.path = path
@@ -284,8 +312,8 @@ class _Rejects:
         if self._writer is None:
             self._fh = self.path.open("w", encoding="utf-8-sig", newline="")
             self._writer = csv.writer(self._fh)
-            self._writer.writerow(["line", "reason", *self.header])
-        self._writer.writerow([line, reason, *row])
+            self._writer.writerow([neutralise_cell(c) for c in ("line", "reason", *self.header)])
+        self._writer.writerow([line, *(neutralise_cell(c) for c in (reason, *row))])
 
     @property
     def used(self) -> bool:
@@ -294,6 +322,15 @@ class _Rejects:
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
+
+
+@dataclass
+class _Pending:
+    """An accepted row waiting for its chunk's upsert, with what its reject would need."""
+
+    rec: dict[str, Any]
+    line: int
+    row: list[str]
 
 
 def import_recipients_file(
@@ -308,9 +345,11 @@ def import_recipients_file(
     """Import (upsert by phone) a recipient CSV, streaming it in chunks of `chunk_rows`.
 
     Rejected rows go to `<stem>.rejects.csv` beside the file (a stale one is removed when
-    every row is good). A phone twice in the file: the later row wins and counts as updated.
-    `on_progress` receives byte counts as the file is read. Raises InputFileError when the
-    file cannot be read at all.
+    every row is good): bad values, lines that do not decode in the file's encoding, lines
+    longer than MAX_LINE characters, broken CSV records. A phone twice in the file: in the
+    same town the later row wins and counts as updated; in another town the later row is a
+    conflict, rejected (the first is kept). `on_progress` receives byte counts as the file is
+    read. Raises InputFileError when the file cannot be read at all.
     """
     began = time.perf_counter()
     try:
@@ -325,46 +364,52 @@ def import_recipients_file(
                 raise InputFileError(f"{path}: unknown encoding {encoding!r}") from None
         else:
             enc = detect_encoding(raw)
-        bad = first_undecodable(raw, enc)
-        if bad is not None:
-            raise InputFileError(
-                f"{path}, line {bad[0]}: cannot decode as {enc} ({bad[1]}); "
-                "give the file's encoding with --encoding (utf-8, gb18030, ...)"
-            )
         counting = io.BufferedReader(_CountingReader(raw, on_progress), buffer_size=1 << 20)
-        text = io.TextIOWrapper(counting, encoding=enc, newline="")
+        text = io.TextIOWrapper(counting, encoding=enc, errors="replace", newline="")
         summary = ImportSummary(file=str(path), encoding=enc)
-        rows = _rows(text, path, enc)
-        header = next((r for _line, r in rows if any(cell.strip() for cell in r)), None)
+        rows = _rows(_Lines(text, MAX_LINE), enc)
+        header = next((r for _line, r, _why in rows if any(cell.strip() for cell in r)), None)
         if header is None:
             raise InputFileError(f"{path}, line 1: the file is empty (no header row)")
         if header[0].startswith("\ufeff"):
             header[0] = header[0][1:]
+        if any(REPLACEMENT in cell for cell in header):
+            raise InputFileError(
+                f"{path}, line 1: cannot decode as {enc} (the header row); "
+                "give the file's encoding with --encoding (utf-8, gb18030, ...)"
+            )
         check = RowChecker(district, header_map(header, path))
         rejects = _Rejects(rejects_path(path), header)
-        chunk: dict[str, dict[str, Any]] = {}
+        chunk: dict[str, _Pending] = {}
         try:
-            for line, row in rows:
-                if not any(cell.strip() for cell in row):
+            for line, row, why in rows:
+                if why is None and not any(cell.strip() for cell in row):
                     continue
                 summary.rows += 1
                 try:
+                    if why is not None:
+                        raise RowError(why)
                     rec = check(row)
                 except RowError as exc:
                     summary.rejected += 1
                     rejects.write(line, str(exc), row)
                     continue
-                summary.by_town[rec["town_id"]] += 1
-                summary.by_carrier[rec["carrier"]] += 1
                 phone = rec["phone"]
-                if phone in chunk:
+                first = chunk.get(phone)
+                if first is not None:
+                    if first.rec["town_id"] != rec["town_id"]:
+                        summary.rejected += 1
+                        rejects.write(line, _conflict(first.rec["town_id"], first.line), row)
+                        continue
                     # The same person again in this file: the later row wins, as an update.
                     del chunk[phone]
                     summary.updated += 1
-                chunk[phone] = rec
+                summary.by_town[rec["town_id"]] += 1
+                summary.by_carrier[rec["carrier"]] += 1
+                chunk[phone] = _Pending(rec, line, row)
                 if len(chunk) >= chunk_rows:
-                    _flush(engine, chunk, summary)
-            _flush(engine, chunk, summary)
+                    _flush(engine, chunk, summary, rejects, check.now)
+            _flush(engine, chunk, summary, rejects, check.now)
         finally:
             rejects.close()
         if rejects.used:
@@ -375,12 +420,36 @@ def import_recipients_file(
     return summary
 
 
-def _flush(engine: Engine, chunk: dict[str, dict[str, Any]], summary: ImportSummary) -> None:
-    if chunk:
-        inserted, updated = upsert_recipients(engine, list(chunk.values()), chunk_rows=len(chunk))
-        summary.imported += inserted
-        summary.updated += updated
-        chunk.clear()
+def _conflict(town_id: str, line: int | None) -> str:
+    where = f"line {line}" if line is not None else "an earlier line"
+    return f"conflict: the phone is listed on {where} with town {town_id!r}; the first is kept"
+
+
+def _flush(
+    engine: Engine,
+    chunk: dict[str, _Pending],
+    summary: ImportSummary,
+    rejects: _Rejects,
+    stamp: dt.datetime,
+) -> None:
+    """Upsert the chunk, after setting aside rows an earlier chunk placed in another town."""
+    if not chunk:
+        return
+    earlier = towns_written_at(engine, list(chunk), stamp)
+    for phone, town_id in earlier.items():
+        pending = chunk[phone]
+        if pending.rec["town_id"] == town_id:
+            continue  # the later row wins; the upsert counts it as an update
+        del chunk[phone]
+        summary.rejected += 1
+        summary.by_town[pending.rec["town_id"]] -= 1
+        summary.by_carrier[pending.rec["carrier"]] -= 1
+        rejects.write(pending.line, _conflict(town_id, None), pending.row)
+    rows = [p.rec for p in chunk.values()]
+    inserted, updated = upsert_recipients(engine, rows, chunk_rows=len(rows) or 1)
+    summary.imported += inserted
+    summary.updated += updated
+    chunk.clear()
 
 
 def import_recipients(engine: Engine, district: District, path: Path) -> int:

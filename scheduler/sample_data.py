@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import random
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -202,21 +202,39 @@ def _apportion(total: int, fractions: list[float]) -> list[int]:
 
 
 def write_csv(
-    district: District, path: Path | None, count: int | None = None, seed: int = DEFAULT_SEED
+    district: District,
+    path: Path | None,
+    count: int | None = None,
+    seed: int = DEFAULT_SEED,
+    *,
+    on_progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Write a UTF-8 CSV with a header (to stdout when `path` is None); returns the rows."""
+    """Write a UTF-8 CSV with a header (to stdout when `path` is None); returns the rows.
+
+    `on_progress(rows written)` is called every few thousand rows (a CLI progress bar).
+    """
     if path is None:
-        return _write(district, sys.stdout, count, seed)
+        return _write(district, sys.stdout, count, seed, on_progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8", newline="") as fh:
-        return _write(district, fh, count, seed)
+        return _write(district, fh, count, seed, on_progress)
 
 
-def _write(district: District, fh: TextIO, count: int | None, seed: int) -> int:
+def _write(
+    district: District,
+    fh: TextIO,
+    count: int | None,
+    seed: int,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
     writer = csv.writer(fh)
     writer.writerow(COLUMNS)
     written = 0
     for row in generate(district, count, seed):
         writer.writerow(row)
         written += 1
+        if on_progress is not None and written % 2000 == 0:
+            on_progress(written)
+    if on_progress is not None:
+        on_progress(written)
     return written

@@ -22,7 +22,9 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from scheduler.core import Core
+from scheduler.expansion import ExpansionResult, describe, masked_traceback
 from scheduler.logs import get_logger
+from scheduler.models import OccurrenceState
 from scheduler.planner import Planner
 from scheduler.store.locks import DatabaseLock
 
@@ -91,6 +93,8 @@ class Service:
         self.apscheduler: BackgroundScheduler | None = None
         self.state = "starting"
         self.background_tasks = background_tasks or []
+        # Occurrences found failed at start (catch-up); `run --once` names them and exits 1.
+        self.failed: list[ExpansionResult] = []
 
     @property
     def pidfile(self) -> Path:
@@ -122,15 +126,23 @@ class Service:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.pidfile.write_text(str(os.getpid()))
         try:
+            if self.with_http:
+                # Before the lock: a standby serves webhooks and the API too (they only write
+                # to the database), and /healthz tells a standby from a dead node.
+                self._start_http()
             if not self._wait_for_lock():
                 return 0
             _active = self
             self.state = "active"
             log.info("service.active", holder=self.lock.holder)
-            if self.with_http:
-                self._start_http()
+            if self.with_http and not self._http.alive():
+                self._start_http()  # the port was the old leader's, on this same host
             self.planner = self.core.planner()
-            self.planner.catch_up(self.core.clock())
+            self.failed = [
+                r
+                for r in self.planner.catch_up(self.core.clock())
+                if r.state == OccurrenceState.FAILED
+            ]
             if self.once:
                 if self.with_dispatch:
                     dispatcher = self._dispatcher()
@@ -145,7 +157,7 @@ class Service:
                         retried=stats.retried,
                         unknown=stats.unknown,
                     )
-                return 0
+                return 1 if self.failed else 0
             self._start_apscheduler()
             if self.with_dispatch:
                 self._start_thread("dispatch", self._dispatch_forever)
@@ -199,7 +211,10 @@ class Service:
 
         settings = self.core.settings
         self._http = HttpServer(
-            create_app(self.core, health=self.health), settings.http_host, settings.http_port
+            create_app(self.core, health=self.health),
+            settings.http_host,
+            settings.http_port,
+            log_level=settings.log_level,
         )
         self._http.start()
         log.info("http.listening", host=settings.http_host, port=settings.http_port)
@@ -304,7 +319,17 @@ class Service:
             if t is None:
                 log.info("job.nothing_due", campaign=campaign_name)
                 return
-            planner.fire_scheduled(campaign, t)
+            try:
+                planner.fire_scheduled(campaign, t)
+            except Exception as exc:
+                # The expander records an occurrence's own failure; this is the database or
+                # the like. The next firing, or the catch-up at the next start, tries again.
+                log.error(
+                    "job.fire_failed",
+                    campaign=campaign_name,
+                    error=describe(exc),
+                    traceback=masked_traceback(exc),
+                )
 
     def _shutdown(self) -> None:
         global _active

@@ -64,7 +64,28 @@ class AlertSettings(BaseModel):
 
     single_loss_yuan: int = 100_000
     case_count: int = 3
+    # At most one alert per village in this many days.
     period_days: int = 7
+    # The ≥3-cases rule counts cases in the N days up to the newest case (seed 003's "今年以来"
+    # read as a rolling period, so it does not reset on 1 January); the ≥100,000 rule has no
+    # period: each new case is judged on its own amount.
+    case_count_days: int = Field(365, ge=1)
+    # The 倒查 check-back: was the victim's village reached in the N days before the case?
+    checkback_days: int = Field(30, ge=1)
+
+
+class ConsoleSettings(BaseModel):
+    """The web console (issue 13): its session cookie and login throttle."""
+
+    # Signs the session cookie. Empty: generated once into <data_dir>/console-secret.key.
+    secret_key: SecretStr = SecretStr("")
+    # A session ends this long after its last request.
+    session_hours: float = Field(8.0, gt=0)
+    # Send the cookie over HTTPS only; turn on behind a TLS-terminating proxy.
+    cookie_secure: bool = False
+    # This many failed logins for one user name from one address within the window → 429.
+    login_max_failures: int = Field(5, ge=1)
+    login_window_minutes: float = Field(15.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -94,12 +115,20 @@ class Settings(BaseSettings):
     max_sms_segments: int = Field(2, ge=1)
     misfire_grace_hours: float = Field(24.0, ge=0)
     report_due_day: int = Field(25, ge=1, le=28)
+    # -- counting and the monthly report (issue 11) --
+    # Which month the due-day job reports: `current` (seed 001: the 25th, this month) or
+    # `previous` (seed 002: the 3rd, last month).
+    report_period: Literal["current", "previous"] = "current"
     quota_check: str = "thu 10:00"
 
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     public_base_url: str = "http://127.0.0.1:8080"
-    # Bearer token for the operator API (/api/...); without one, only 127.0.0.1 may call it.
+    # -- HTTP API callers (issue 10) --
+    # Named bearer tokens for the operator API (/api/...), `name=token,name2=token2`; the name
+    # is what the audit log records. PINGAN_API_TOKEN is one more token, named `default`.
+    # With none, only loopback peers without a forwarding header may call the API.
+    api_tokens: SecretStr = SecretStr("")
     api_token: SecretStr = SecretStr("")
     opt_out_keywords: list[str] = Field(
         default_factory=lambda: ["退订", "TD", "T", "R", "STOP", "UNSUBSCRIBE", "取消", "拒收"]
@@ -109,6 +138,7 @@ class Settings(BaseSettings):
     dryrun: DryRunSettings = Field(default_factory=DryRunSettings)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     @field_validator("timezone")
     @classmethod
@@ -123,6 +153,24 @@ class Settings(BaseSettings):
     @classmethod
     def _hours(cls, value: str) -> str:
         parse_hours(value)
+        return value
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _named_tokens(cls, value: SecretStr) -> SecretStr:
+        names: set[str] = set()
+        for pair in value.get_secret_value().split(","):
+            if not pair.strip():
+                continue
+            name, sep, token = pair.partition("=")
+            name, token = name.strip(), token.strip()
+            if not sep or not name or not token:
+                raise ValueError("give name=token pairs separated by commas")
+            if not token.isascii() or not token.isprintable() or " " in token:
+                raise ValueError(f"the token named {name!r} must be printable ASCII, no spaces")
+            if len(name) > 64 or name in names:
+                raise ValueError(f"token name {name[:64]!r} is repeated or longer than 64")
+            names.add(name)
         return value
 
     @cached_property
@@ -146,6 +194,18 @@ class Settings(BaseSettings):
     @property
     def dryrun_log_file(self) -> Path:
         return self.dryrun.log_file or self.data_dir / "dryrun-sent.jsonl"
+
+    def api_callers(self) -> dict[str, str]:
+        """Token name by token, from PINGAN_API_TOKENS and PINGAN_API_TOKEN (named `default`)."""
+        callers: dict[str, str] = {}
+        for pair in self.api_tokens.get_secret_value().split(","):
+            if pair.strip():
+                name, _, token = pair.partition("=")
+                callers[token.strip()] = name.strip()
+        single = self.api_token.get_secret_value().strip()
+        if single:
+            callers[single] = "default"
+        return callers
 
     def public_view(self) -> dict[str, Any]:
         """The effective settings with secrets hidden, for `pingan settings`."""

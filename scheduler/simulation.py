@@ -80,11 +80,13 @@ def drive(
     downtimes: list[Downtime] | None = None,
     between: Callable[[dt.datetime], None] | None = None,
     tasks: list[tuple[BaseTrigger, Callable[[dt.datetime], None]]] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> Timeline:
     """Run the scheduler from `start` to `end` on `clock`.
 
     `between(t)` runs before each clock step to `t` (the simulator dispatches there); `tasks`
-    are the service's housekeeping jobs (the quota check), run at their triggers' times.
+    are the service's housekeeping jobs (the quota check), run at their triggers' times;
+    `on_progress(done, total)` hears of each clock step (a CLI progress bar).
     """
     downtimes = sorted(downtimes or [], key=lambda d: d.start)
     planner = core.planner()
@@ -103,7 +105,9 @@ def drive(
             previous, now = t, t + dt.timedelta(microseconds=1)
     events += [(t, f"task:{i}", None) for i, (t, _fn) in enumerate(task_events)]
     events.sort(key=lambda e: (e[0], 0 if e[1] == "restart" else 1))
-    for t, what, campaign in events:
+    for step, (t, what, campaign) in enumerate(events):
+        if on_progress is not None:
+            on_progress(step, len(events))
         if between is not None:
             between(t)
         clock.set(t)
@@ -124,6 +128,8 @@ def drive(
     if between is not None:
         between(end)
     clock.set(end)
+    if on_progress is not None:
+        on_progress(len(events), len(events))
     return timeline
 
 
@@ -157,6 +163,7 @@ def simulate(
     recipients_file: Path,
     seed: int = 1,
     scratch: Path | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> SimulationResult:
     """Run the configured plan over a simulated clock in a scratch database, dry-run provider.
 
@@ -169,7 +176,9 @@ def simulate(
     # folder (hundreds of MB for a quarter) is removed when the run ends.
     workdir = scratch or Path(tempfile.mkdtemp(prefix="pingan-sim-"))
     try:
-        return _simulate_in(settings, start_day, end_day, recipients_file, seed, workdir, began)
+        return _simulate_in(
+            settings, start_day, end_day, recipients_file, seed, workdir, began, on_progress
+        )
     finally:
         if scratch is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -183,6 +192,7 @@ def _simulate_in(
     seed: int,
     workdir: Path,
     began: float,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> SimulationResult:
     from scheduler.dispatcher import Dispatcher
     from scheduler.providers import make_provider
@@ -237,6 +247,7 @@ def _simulate_in(
             end,
             between=send_due,
             tasks=[(trigger, quota_check)],
+            on_progress=on_progress,
         )
         rules = load_rules(sim_settings.config_dir, core.district)
         pairs = [

@@ -20,7 +20,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,10 +30,17 @@ import yaml
 from jinja2 import BaseLoader, Environment, StrictUndefined, TemplateSyntaxError, meta
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.exceptions import TemplateError as JinjaTemplateError
-from jinja2.sandbox import SandboxedEnvironment
 
 from scheduler.config import SEGMENTS, District, Town, Village
 from scheduler.exceptions import TemplateError, TemplateNotApproved, UnknownName
+from scheduler.sandbox import (
+    LETTER_LIMITS,
+    SMS_LIMITS,
+    BoundedSandbox,
+    Limits,
+    TemplateLimitError,
+    render_bounded,
+)
 from scheduler.sms_length import measure
 
 APPROVALS_FILE = "approvals.yaml"
@@ -56,11 +64,17 @@ DISTRICT_VARIABLES = frozenset(
 PLACE_VARIABLES = frozenset({"town", "village"})
 RECIPIENT_VARIABLES = frozenset({"name", "segments"})
 EVENT_VARIABLES = frozenset({"fraud_type", "amount_band", "case_date"})
+# What `scheduler.cases.amount_band` answers; nothing else may stand for a loss in a message.
+AMOUNT_BANDS = frozenset({"百万元以上", "十万元以上", "一万至十万元", "一万元以下"})
 CHANNEL_VARIABLES = {
     "sms": DISTRICT_VARIABLES | PLACE_VARIABLES | RECIPIENT_VARIABLES | EVENT_VARIABLES,
     "letter": DISTRICT_VARIABLES | {"town"},
 }
 ApprovalState = Literal["approved", "changed", "never"]
+# Lint renders each template for every place; a slow one is cut short after this long.
+LINT_SECONDS = 5.0
+# Front matter is a handful of short fields; anything bigger is a mistake or an attack.
+MAX_FRONT_MATTER_BYTES = 8_192
 
 
 def cn_date(day: dt.date) -> str:
@@ -114,6 +128,29 @@ class _Parsed:
     stamp: tuple[int, int]
 
 
+class _PlainLoader(yaml.SafeLoader):
+    """YAML limited to plain scalars, lists and maps: no anchors, aliases or tags, so a few
+    lines cannot expand into gigabytes (a "billion laughs" took 48 s and 3.1 GB)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        problem = None
+        if isinstance(event, yaml.AliasEvent):
+            problem = "aliases (*name) are not allowed"
+        elif getattr(event, "anchor", None) is not None:
+            problem = "anchors (&name) are not allowed"
+        elif getattr(event, "tag", None) is not None:
+            problem = f"tags ({event.tag}) are not allowed"
+        if problem:
+            raise yaml.composer.ComposerError(None, None, problem, event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_plain_yaml(text: str) -> Any:
+    """Parse YAML that may hold only plain scalars, lists and maps."""
+    return yaml.load(text, Loader=_PlainLoader)
+
+
 def _split(name: str) -> tuple[str, str] | None:
     for suffix, channel in SUFFIXES.items():
         if name.endswith(suffix):
@@ -143,14 +180,23 @@ class _CatalogueLoader(BaseLoader):
 
 
 class Catalogue:
-    def __init__(self, templates_dir: Path, district: District, *, max_segments: int = 2) -> None:
+    def __init__(
+        self,
+        templates_dir: Path,
+        district: District,
+        *,
+        max_segments: int = 2,
+        limits: Mapping[str, Limits] | None = None,
+    ) -> None:
         self.dir = templates_dir
         self.district = district
         self.max_segments = max_segments
+        self.limits = dict(limits or {"sms": SMS_LIMITS, "letter": LETTER_LIMITS})
         self._cache: dict[str, _Parsed] = {}
         self._listing: tuple[int, dict[str, tuple[Path, str]]] | None = None
         self._envs = {
-            channel: SandboxedEnvironment(
+            channel: BoundedSandbox(
+                self.limits[channel],
                 loader=_CatalogueLoader(self),
                 undefined=StrictUndefined,
                 autoescape=channel == "letter",
@@ -211,9 +257,19 @@ class Catalogue:
             except StopIteration:
                 problems.append(LintProblem(path, 1, name, "front matter has no closing ---"))
                 end = 0
-            if end:
+            front = "\n".join(lines[1:end])
+            if end and len(front.encode("utf-8")) > MAX_FRONT_MATTER_BYTES:
+                problems.append(
+                    LintProblem(
+                        path,
+                        1,
+                        name,
+                        f"front matter larger than {MAX_FRONT_MATTER_BYTES} bytes (size limit)",
+                    )
+                )
+            elif end:
                 try:
-                    loaded = yaml.safe_load("\n".join(lines[1:end])) or {}
+                    loaded = load_plain_yaml(front) or {}
                     if not isinstance(loaded, dict):
                         raise yaml.YAMLError("front matter must be a mapping")
                     data = loaded
@@ -221,6 +277,7 @@ class Catalogue:
                     mark = getattr(exc, "problem_mark", None)
                     line = mark.line + 2 if mark else 1
                     problems.append(LintProblem(path, line, name, f"front matter: {exc}"))
+            if end:
                 body_lines = [""] * (end + 1) + lines[end + 1 :]
         else:
             problems.append(LintProblem(path, 1, name, "missing front matter (--- ... ---)"))
@@ -233,6 +290,11 @@ class Catalogue:
                 LintProblem(path, 2, name, f"channel {declared!r} but the file is a {channel}")
             )
         audience = data.get("audience", ["everyone"])
+        if not isinstance(audience, (str, list)):
+            problems.append(
+                LintProblem(path, _line_of(lines, "audience"), name, "audience must be a list")
+            )
+            audience = []
         audience = [audience] if isinstance(audience, str) else list(audience or [])
         unknown = sorted(set(map(str, audience)) - AUDIENCES)
         if unknown:
@@ -318,21 +380,24 @@ class Catalogue:
             ctx.update(extra)
         return ctx
 
-    def render(self, name: str, context: Mapping[str, Any]) -> Rendered:
+    def render(
+        self, name: str, context: Mapping[str, Any], *, max_segments: int | None = None
+    ) -> Rendered:
+        """Render within the channel's limits; any failure is a `TemplateError` naming the
+        file and, where it can be told, the line. With `max_segments`, an SMS longer than
+        that many segments is refused (`TemplateLimitError`) rather than sent long."""
         info = self.get(name)
         env = self._envs[info.channel]
         try:
-            body = env.get_template(name).render(**context)
+            template = env.get_template(name)
         except TemplateSyntaxError as exc:
             raise TemplateError(
                 f"{info.path}:{exc.lineno}: {name}: syntax error: {exc.message}"
             ) from None
-        except SecurityError as exc:
-            raise TemplateError(f"{info.path}: {name}: not allowed in a template: {exc}") from None
-        except UndefinedError as exc:
-            raise TemplateError(f"{info.path}: {name}: {exc.message}") from None
-        except JinjaTemplateError as exc:
-            raise TemplateError(f"{info.path}: {name}: {exc}") from None
+        try:
+            body = render_bounded(template, context, self.limits[info.channel])
+        except Exception as exc:  # anything a template does wrong is the template's error
+            raise _render_error(info, exc) from None
         if info.channel == "letter":
             return Rendered(name, info.source_hash, body, len(body), 0, "html")
         text = "".join(line.strip() for line in body.splitlines())
@@ -340,9 +405,38 @@ class Catalogue:
             d = self.district.district
             text = f"{d.signature}{text}{d.opt_out}"
         length = measure(text)
+        if max_segments is not None and length.segments > max_segments:
+            raise TemplateLimitError(
+                f"{info.path}: {name}: {length.chars} characters make {length.segments} "
+                f"segments, more than PINGAN_MAX_SMS_SEGMENTS={max_segments}"
+            )
         return Rendered(
             name, info.source_hash, text, length.chars, length.segments, length.encoding
         )
+
+    def event_values(self, raw: Mapping[str, Any]) -> dict[str, str]:
+        """The event variables an alert may show, from what a case recorded.
+
+        A case's free text never reaches a message: its fraud type is shown only if it is on
+        the configured list (district.yaml `fraud_types`), else as the generic phrase.
+        """
+        out: dict[str, str] = {}
+        if "fraud_type" in raw:
+            out["fraud_type"] = self.district.fraud_types.phrase(str(raw["fraud_type"] or ""))
+        if "amount_band" in raw:
+            band = str(raw["amount_band"])
+            if band not in AMOUNT_BANDS:
+                raise TemplateError(f"unknown amount band {band!r}")
+            out["amount_band"] = band
+        if "case_date" in raw:
+            value = str(raw["case_date"])
+            try:
+                out["case_date"] = cn_date(dt.date.fromisoformat(value))
+            except ValueError:
+                if not re.fullmatch(r"\d{1,2}月\d{1,2}日", value):
+                    raise TemplateError(f"case date {value!r} is not a date") from None
+                out["case_date"] = value
+        return out
 
     # -- approval ------------------------------------------------------------------------
 
@@ -353,7 +447,10 @@ class Catalogue:
     def approvals(self) -> dict[str, dict[str, Any]]:
         if not self.approvals_path.exists():
             return {}
-        data = yaml.safe_load(self.approvals_path.read_text(encoding="utf-8")) or {}
+        try:
+            data = load_plain_yaml(self.approvals_path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise TemplateError(f"{self.approvals_path}: {exc}") from None
         if not isinstance(data, dict):
             raise TemplateError(f"{self.approvals_path}: must map template names to approvals")
         return {str(k): dict(v) for k, v in data.items() if isinstance(v, dict)}
@@ -408,6 +505,47 @@ class Catalogue:
             else None,
         )
 
+    def _lint_contexts(self, info: TemplateInfo) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The sample, then every village of the district (and, for an alert, every fraud
+        type it may name), labelled: a template may break a limit on one place only."""
+        yield "", self.sample_context(info)
+        if info.channel != "sms" or not info.variables & (PLACE_VARIABLES | EVENT_VARIABLES):
+            return
+        sample = self.sample_context(info)
+        kinds = self.district.fraud_types
+        types = (*kinds.known, kinds.generic) if "fraud_type" in info.variables else ("",)
+        for town, village in self.district.villages():
+            for fraud_type in types:
+                extra = {k: sample[k] for k in EVENT_VARIABLES}
+                extra.update({"fraud_type": fraud_type} if fraud_type else {})
+                label = f" (for {town.name} {village.name}{' ' + fraud_type if fraud_type else ''})"
+                yield (
+                    label,
+                    self.context(
+                        town=town,
+                        village=village,
+                        recipient={"name": sample["name"], "segments": sample["segments"]},
+                        extra=extra,
+                    ),
+                )
+
+    def _render_places(
+        self, info: TemplateInfo
+    ) -> tuple[Rendered | None, str, TemplateError | None]:
+        """The longest rendering over `_lint_contexts` and where, or the first failure."""
+        longest: tuple[Rendered | None, str] = (None, "")
+        deadline = time.monotonic() + LINT_SECONDS
+        for label, ctx in self._lint_contexts(info):
+            try:
+                rendered = self.render(info.name, ctx)
+            except TemplateError as exc:
+                return None, label, exc
+            if longest[0] is None or rendered.chars > longest[0].chars:
+                longest = (rendered, label)
+            if time.monotonic() > deadline:
+                break
+        return longest[0], longest[1], None
+
     def lint(
         self, names: Sequence[str] | None = None, *, pools_used: Sequence[str] = ()
     ) -> list[LintProblem]:
@@ -433,11 +571,18 @@ class Catalogue:
                 )
             if info.variables - allowed:
                 continue
-            try:
-                rendered = self.render(name, self.sample_context(info))
-            except TemplateError as exc:
-                problems.append(LintProblem(info.path, _error_line(str(exc)), name, str(exc)))
+            rendered, where, failure = self._render_places(info)
+            if failure is not None:
+                message = str(failure)
+                # The problem line names file, line and template itself.
+                reason = re.sub(
+                    rf"^{re.escape(str(info.path))}(:\d+)?: {re.escape(name)}: ", "", message
+                )
+                problems.append(
+                    LintProblem(info.path, _error_line(message), name, f"{reason}{where}")
+                )
                 continue
+            assert rendered is not None
             if info.channel == "sms":
                 d = self.district.district
                 if not rendered.text.startswith(d.signature):
@@ -462,7 +607,7 @@ class Catalogue:
                             1,
                             name,
                             f"{rendered.chars} characters make {rendered.segments} segments "
-                            f"(at most {self.max_segments})",
+                            f"(at most {self.max_segments}){where}",
                         )
                     )
         if names is None:
@@ -487,6 +632,36 @@ def _line_of(lines: list[str], needle: str) -> int:
         if pattern.search(line):
             return i
     return 1
+
+
+def _render_error(info: TemplateInfo, exc: Exception) -> TemplateError:
+    """`exc`, raised while rendering, as a TemplateError with the template's file and line."""
+    line = getattr(exc, "lineno", None) if isinstance(exc, TemplateLimitError) else None
+    line = line or _template_line(exc, str(info.path))
+    where = f"{info.path}:{line}" if line else str(info.path)
+    if isinstance(exc, SecurityError):
+        reason = f"not allowed in a template: {exc}"
+    elif isinstance(exc, UndefinedError):
+        reason = str(exc.message)
+    elif isinstance(exc, (TemplateError, JinjaTemplateError)):
+        reason = str(exc)
+    elif isinstance(exc, RecursionError):
+        reason = "recursion too deep (size limit)"
+    else:
+        reason = f"{type(exc).__name__}: {exc}"
+    limit = isinstance(exc, (TemplateLimitError, RecursionError))
+    return (TemplateLimitError if limit else TemplateError)(f"{where}: {info.name}: {reason}")
+
+
+def _template_line(exc: BaseException, filename: str) -> int | None:
+    """The template line an error came from: Jinja rewrites tracebacks to point at it."""
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
 
 
 def _error_line(message: str) -> int:

@@ -206,20 +206,13 @@ def test_unreadable_files_stop_with_file_line_and_reason(core: Core, tmp_path: P
     bad_header = _write(tmp_path / "h.csv", ["mobile_no,town", "13800138000,huanghu"])
     with pytest.raises(InputFileError, match=r"h\.csv, line 1: missing column\(s\) phone, village"):
         import_recipients_file(core.engine, core.district, bad_header)
-    gbk = _write(tmp_path / "g.csv", [HEADER, "13800138000,黄湖镇,清波,王五,,,,"], "gbk")
-    with pytest.raises(InputFileError, match=r"g\.csv, line 2: cannot decode as utf-8"):
+    gbk = _write(tmp_path / "g.csv", ["手机号,乡镇,村社", "13800138000,黄湖镇,清波"], "gbk")
+    with pytest.raises(
+        InputFileError, match=r"g\.csv, line 1: cannot decode as utf-8 \(the header"
+    ):
         import_recipients_file(core.engine, core.district, gbk, encoding="utf-8")
     with pytest.raises(InputFileError, match="unknown encoding"):
         import_recipients_file(core.engine, core.district, gbk, encoding="klingon")
-    lines = [HEADER] + [f"1380000{i:04d},huanghu,qingbo,,,,," for i in range(6000)]
-    corrupt = tmp_path / "c.csv"
-    corrupt.write_bytes(
-        "\n".join(lines[:4000]).encode()
-        + b"\n13900000000,huanghu,qingbo,\xff\xfe,,,,\n"
-        + "\n".join(lines[4000:]).encode()
-    )
-    with pytest.raises(InputFileError, match=r"c\.csv, line 4001: cannot decode as utf-8"):
-        import_recipients_file(core.engine, core.district, corrupt, encoding="utf-8")
     assert _recipients(core.engine) == {}, "nothing imported from a file that cannot be read"
     empty = _write(tmp_path / "e.csv", [""])
     with pytest.raises(InputFileError, match="empty"):

@@ -142,4 +142,4 @@ def test_api_opt_outs_and_health(web: tuple[Core, str]) -> None:
     assert r.json()["recorded"] == 1
     assert len(r.json()["invalid"]) == 1
     health = httpx.get(base + "/healthz").json()
-    assert health == {"database": "ok", "scheduler": "active"}
+    assert health == {"database": "ok", "role": "leader", "scheduler": "active"}

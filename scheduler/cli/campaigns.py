@@ -9,16 +9,40 @@ from typing import Any
 
 import typer
 
-from scheduler.cli.common import FORMAT_OPTION, OutputFormat, console, core, print_json, table
+from scheduler.cli.common import (
+    FORMAT_OPTION,
+    OutputFormat,
+    console,
+    core,
+    counting,
+    err_console,
+    print_json,
+    progress_bar,
+    recipients_total,
+    show_progress,
+    table,
+)
 from scheduler.exceptions import PingAnError
-from scheduler.models import Occurrence
+from scheduler.expansion import ExpansionResult
+from scheduler.models import Occurrence, OccurrenceState
 from scheduler.store import outbox
 
 app = typer.Typer(help="Campaigns: list, run one now, reload definitions.", no_args_is_help=True)
 occurrences_app = typer.Typer(
-    help="Occurrences (one firing of a campaign): history with counts; pause and resume.",
+    help="Occurrences (one firing of a campaign): history with counts; pause, resume, retry.",
     invoke_without_command=True,
 )
+
+
+def _result_dict(result: ExpansionResult) -> dict[str, Any]:
+    return {
+        "occurrence_id": result.occurrence_id,
+        "campaign": result.campaign,
+        "state": str(result.state),
+        "queued": result.queued,
+        "excluded": result.excluded,
+        "error": result.error,
+    }
 
 
 def _local(t: dt.datetime | None, tz: Any) -> str | None:
@@ -115,23 +139,36 @@ def run_campaign(
         when = c.clock().replace(microsecond=0)
     from scheduler.planner import Firing
 
-    result = c.planner().fire(Firing(campaign, when.astimezone(dt.UTC), campaign.name, "manual"))
-    data = {
-        "occurrence_id": result.occurrence_id,
-        "state": str(result.state),
-        "queued": result.queued,
-        "excluded": result.excluded,
-        "error": result.error,
-    }
-    if fmt == OutputFormat.json:
-        print_json(data)
-    else:
-        console.print(
-            f"occurrence {data['occurrence_id']}: {data['state']}, queued {data['queued']}, "
-            f"excluded {data['excluded']}" + (f"\nerror: {data['error']}" if data["error"] else "")
+    planner = c.planner()
+    with progress_bar("expanding", show=show_progress(fmt)) as on_progress:
+        planner.expander.on_progress = counting(
+            on_progress, recipients_total(c, show_progress(fmt))
         )
+        result = planner.fire(Firing(campaign, when.astimezone(dt.UTC), campaign.name, "manual"))
+    data = _result_dict(result)
+    _print_result(data, fmt)
     if result.error:
         raise typer.Exit(1)
+
+
+def _print_result(data: dict[str, Any], fmt: OutputFormat) -> None:
+    if fmt == OutputFormat.json:
+        print_json(data)
+        return
+    console.print(
+        f"occurrence {data['occurrence_id']}: {data['state']}, queued {data['queued']}, "
+        f"excluded {data['excluded']}",
+        markup=False,
+        highlight=False,
+    )
+    if data["error"]:
+        err_console.print(f"error: {data['error']}", markup=False, highlight=False)
+        if data["state"] == "failed":
+            err_console.print(
+                f"fix the cause, then `pingan occurrences retry {data['occurrence_id']}`",
+                markup=False,
+                highlight=False,
+            )
 
 
 @app.command("reload")
@@ -168,10 +205,12 @@ def list_occurrences(
     if fmt == OutputFormat.json:
         print_json(rows)
         return
+    with_errors = any(r["error"] for r in rows)
     console.print(
         table(
             "Occurrences",
-            ["id", "campaign", "scheduled", "kind", "state", "queued", "excluded"],
+            ["id", "campaign", "scheduled", "kind", "state", "queued", "excluded"]
+            + (["error"] if with_errors else []),
             [
                 [
                     r["id"],
@@ -182,6 +221,7 @@ def list_occurrences(
                     r["queued"],
                     ", ".join(f"{k} {v}" for k, v in sorted(r["excluded"].items())),
                 ]
+                + ([r["error"] or ""] if with_errors else [])
                 for r in rows
             ],
         )
@@ -205,3 +245,21 @@ def pause(ctx: typer.Context, occurrence_id: int) -> None:
 def resume(ctx: typer.Context, occurrence_id: int) -> None:
     """Restart sending a paused occurrence."""
     _set_paused(ctx, occurrence_id, False)
+
+
+@occurrences_app.command("retry")
+def retry(
+    ctx: typer.Context,
+    occurrence_id: int = typer.Argument(..., help="Id of a failed occurrence."),
+    fmt: OutputFormat = FORMAT_OPTION,
+) -> None:
+    """Run a failed occurrence again at its original scheduled time, once the cause is fixed.
+
+    It resumes where it stopped: nobody already queued is queued again. Exits 1 if the
+    occurrence is not failed, or fails again (with the reason).
+    """
+    c = core(ctx)
+    result = c.planner().retry(occurrence_id)
+    _print_result(_result_dict(result), fmt)
+    if result.state == OccurrenceState.FAILED or result.error:
+        raise typer.Exit(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import typer
@@ -18,10 +19,24 @@ def import_file(
     file: Path = typer.Argument(
         ..., help="CSV: case_id, time, amount, fraud_type, place, town, village."
     ),
+    clock: str = typer.Option(
+        None,
+        "--clock",
+        help="Pretend it is this local time (ISO), to rehearse on a scratch database: alerts "
+        "are scheduled from it, e.g. 2023-01-02T09:00.",
+    ),
     fmt: OutputFormat = FORMAT_OPTION,
 ) -> None:
     """Import cases; a village crossing a must-reach rule gets an alert at the next allowed time."""
-    result = import_cases(core(ctx), file)
+    c = core(ctx)
+    if clock:
+        try:
+            at = dt.datetime.fromisoformat(clock)
+        except ValueError:
+            raise typer.BadParameter(f"--clock {clock!r} is not an ISO date-time") from None
+        fixed = at.replace(tzinfo=c.settings.tz) if at.tzinfo is None else at
+        c.clock = lambda: fixed
+    result = import_cases(c, file)
     data = {
         "read": result.read,
         "inserted": result.inserted,

@@ -111,7 +111,11 @@ def _progress(c: Core, show: bool) -> Iterator[Callable[[DispatchStats], None] |
 @app.command("stats")
 def stats(
     ctx: typer.Context,
-    month: str = typer.Option(None, "--month", help="YYYY-MM (by the time messages were queued)."),
+    month: str = typer.Option(
+        None,
+        "--month",
+        help="YYYY-MM: messages sent that local month (pending: by month queued).",
+    ),
     by: str = typer.Option(None, "--by", help="town, carrier, day or error."),
     fmt: OutputFormat = FORMAT_OPTION,
 ) -> None:

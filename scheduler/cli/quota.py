@@ -9,10 +9,17 @@ import sys
 from typing import Any
 
 import typer
-from rich.console import Console
 
 from scheduler import quotas as q
-from scheduler.cli.common import console, core, print_json, table
+from scheduler.cell_safety import neutralise_cell
+from scheduler.cli.common import (
+    console,
+    core,
+    print_json,
+    table,
+    table_console,
+    usage_error,
+)
 
 app = typer.Typer(help="Quotas: targets and attainment.", no_args_is_help=True)
 
@@ -35,15 +42,11 @@ RULE = typer.Option(None, "--rule", "-r", help="A rule id from config/quotas.yam
 _STATUS_MARK = {"met": "met ✓", "on_track": "on track", "behind": "behind ✗"}
 
 
-def _out() -> Console:
-    """Wide tables stay whole when piped (rich would fold them to 80 columns)."""
-    return console if console.is_terminal else Console(width=200)
-
-
 def _write_csv(header: list[str], rows: list[list[Any]]) -> None:
+    """Cells that look like formulas are written as text (the export is opened in Excel)."""
     w = csv.writer(sys.stdout, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
+    w.writerow([neutralise_cell(h) for h in header])
+    w.writerows([neutralise_cell(v) for v in row] for row in rows)
     sys.stdout.flush()
 
 
@@ -86,7 +89,7 @@ def targets_cmd(ctx: typer.Context, rule: str | None = RULE, fmt: QuotaFormat = 
             [r.subject.key if r.subject else "", r.name, r.base, *r.targets]
             for r in (*t.rows, t.total)
         ]
-        _out().print(
+        table_console().print(
             table(title, ["subject", "name", t.rule.base, *[col.label for col in t.columns]], rows)
         )
 
@@ -95,7 +98,9 @@ def _parse_day(value: str) -> dt.date:
     try:
         return dt.date.fromisoformat(value)
     except ValueError:
-        raise typer.BadParameter(f"a date looks like 2022-10-12, got {value!r}") from None
+        raise typer.BadParameter(
+            f"a date looks like 2022-10-12, got {value!r}", param_hint="'--on'"
+        ) from None
 
 
 @app.command("status")
@@ -115,10 +120,10 @@ def status_cmd(
 ) -> None:
     """Attainment of each rule in its window: one row per subject, ranked, laggards marked."""
     if sum(x is not None for x in (week, month, on)) > 1:
-        raise typer.BadParameter("give at most one of --week, --month, --on")
+        raise usage_error("give at most one of --week, --month, --on")
     c = core(ctx)
     tz = c.settings.tz
-    now = dt.datetime.now(dt.UTC)
+    now = c.clock()
     rules = q.load_rules(c.settings.config_dir, c.district)
     chosen = [q.find_rule(rules, rule)] if rule else rules
     if by is not None:
@@ -134,17 +139,15 @@ def status_cmd(
         elif month:
             label = f"{q.parse_month(month):%Y-%m}"
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+        raise typer.BadParameter(str(exc), param_hint="'--week'" if week else "'--month'") from None
     if label is None:
         day = _parse_day(on) if on else now.astimezone(tz).date()
 
     pairs = q.select_windows(chosen, day=day, label=label)
-    results = [
-        (st.rule, st.window, st.rows)
-        for st in q.status(c.engine, pairs, c.district, now=now, tz=tz, bottom=bottom)
-    ]
+    statuses = q.status(c.engine, pairs, c.district, now=now, tz=tz, bottom=bottom)
+    results = [(st.rule, st.window, st.rows) for st in statuses]
     if fmt is QuotaFormat.json:
-        print_json([q.RuleStatus(r, w, rows).to_dict() for r, w, rows in results])
+        print_json([st.to_dict() for st in statuses])
         return
     if fmt is QuotaFormat.csv:
         _write_csv(
@@ -157,6 +160,8 @@ def status_cmd(
                 "name",
                 "base",
                 "target",
+                "own",
+                "reported",
                 "actual",
                 "attainment_pct",
                 "shortfall",
@@ -176,6 +181,8 @@ def status_cmd(
                     row.subject.name,
                     row.base,
                     row.target,
+                    row.own,
+                    row.reported,
                     row.actual,
                     row.attainment,
                     row.shortfall,
@@ -194,12 +201,14 @@ def status_cmd(
         where = label or (day.isoformat() if day else "")
         console.print(f"no quota rule has a window at {where}")
         return
-    for r, w, rows in results:
+    for st in statuses:
+        r, w, rows = st.rule, st.window, st.rows
         title = (
-            f"{r.id} · {w.label} ({w.start}..{w.end})\ncounts {r.measure_label} "
+            f"{r.id} · {w.label} ({w.start}..{w.end}){' 进行中 (open)' if st.open else ''}\n"
+            f"counts {r.measure_label} from {r.counted_sources} sends "
             f"against {q.share_label(r.final_share)} of {r.base}"
         )
-        _out().print(
+        table_console().print(
             table(
                 title,
                 [
@@ -208,7 +217,9 @@ def status_cmd(
                     "name",
                     r.base,
                     "target",
-                    "actual",
+                    "own",
+                    "reported",
+                    "counted",
                     "attain %",
                     "short",
                     "due now",
@@ -224,6 +235,8 @@ def status_cmd(
                         row.subject.name,
                         row.base,
                         row.target,
+                        row.own,
+                        row.reported,
                         row.actual,
                         row.attainment,
                         row.shortfall,

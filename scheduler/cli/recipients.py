@@ -16,12 +16,15 @@ from scheduler.cli.common import (
     core,
     err_console,
     print_json,
+    progress_bar,
+    show_progress,
     table,
+    usage_error,
 )
-from scheduler.exceptions import InputFileError, InvalidPhoneNumber, PingAnError
+from scheduler.exceptions import InputFileError, InvalidPhoneNumber
 from scheduler.phones import mask, normalize
 from scheduler.recipients import detect_encoding, import_recipients_file
-from scheduler.sample_data import DEFAULT_SEED, write_csv
+from scheduler.sample_data import DEFAULT_SEED, default_count, write_csv
 from scheduler.store import recipients as store
 
 app = typer.Typer(
@@ -133,7 +136,7 @@ def opt_out(
     if file is not None:
         raw.extend(_opt_out_file(file))
     if not raw:
-        raise PingAnError("give numbers or --file")
+        raise usage_error("give numbers or --file")
     valid, bad = [], []
     for where, value in raw:
         try:
@@ -188,6 +191,9 @@ def generate(
 ) -> None:
     """Write a synthetic recipient CSV for the configured district (no real person's number)."""
     district = core(ctx).district
-    n = write_csv(district, out, count, seed)
+    total = default_count(district) if count is None else count
+    # A bar only when the CSV goes to a file: on standard output it would mix with the rows.
+    with progress_bar("generating", show=out is not None and show_progress()) as on_progress:
+        n = write_csv(district, out, count, seed, on_progress=lambda done: on_progress(done, total))
     if out is not None:
         err_console.print(f"wrote {n} synthetic recipients to {out}")

@@ -21,13 +21,21 @@ activities_app = typer.Typer(
 def monthly(
     ctx: typer.Context,
     month: str = typer.Option(..., "--month", help="YYYY-MM"),
-    out: Path = typer.Option(..., "--out", help="FILE.xlsx, FILE.csv or FILE.md"),
-    town: str = typer.Option(None, "--town", help="Only this town."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="FILE.xlsx (a form sheet per unit, then the tables), FILE.pdf (the same, A4), "
+        "FILE.csv (the summary) or FILE.md.",
+    ),
+    town: str = typer.Option(
+        None, "--town", help="That town's own form: 填报单位 the town, its rows only."
+    ),
     file_it: bool = typer.Option(
         False, "--file-it", help="Record the month as filed: its activities become read-only."
     ),
 ) -> None:
-    """Write the monthly report: the form, quota ranking, delivery by carrier, case check-back."""
+    """Write the monthly report: attachment 7 per unit, summary, quota ranking, delivery by
+    carrier, case check-back, weekly sends. Messages count on the local day they were sent."""
     c = core(ctx)
     report = build_monthly_report(c, month, town)
     path = write_report(report, out)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 import time
 
 import typer
 
-from scheduler.cli.common import core
+from scheduler.cli.common import core, refuse_unless_ready
 from scheduler.exceptions import PingAnError
 from scheduler.service import Service
 
@@ -30,9 +31,12 @@ def run(
     """Run the scheduler service: fire campaigns, drain the outbox, serve webhooks.
 
     A second `pingan run` on the same database waits as a standby. SIGTERM or Ctrl-C stops
-    cleanly (exit 0); SIGHUP reloads the campaign definitions.
+    cleanly (exit 0); SIGHUP reloads the campaign definitions. A campaign that cannot be
+    expanded fails alone; with --once everything else is sent, then the failed occurrences
+    are named on stderr and the exit code is 1 (`pingan occurrences retry ID` after the fix).
     """
     c = core(ctx)
+    refuse_unless_ready(c)
     if clock:
         if not once:
             raise PingAnError("--clock needs --once: the live scheduler runs on the real clock")
@@ -51,4 +55,13 @@ def run(
         once=once,
     )
     service.install_signal_handlers()
-    raise typer.Exit(service.run())
+    code = service.run()
+    failed = service.failed if once else []
+    for r in failed:
+        sys.stderr.write(f"failed: occurrence {r.occurrence_id} ({r.campaign}): {r.error}\n")
+    if failed:
+        sys.stderr.write(
+            f"{len(failed)} occurrence(s) failed; fix the cause, then "
+            "`pingan occurrences retry ID`\n"
+        )
+    raise typer.Exit(code)

@@ -8,8 +8,17 @@ from typing import Any
 
 import typer
 
-from scheduler.cli.common import FORMAT_OPTION, OutputFormat, console, core, print_json, table
-from scheduler.exceptions import PingAnError
+from scheduler.cli.common import (
+    FORMAT_OPTION,
+    OutputFormat,
+    console,
+    core,
+    print_json,
+    progress_bar,
+    show_progress,
+    table,
+    usage_error,
+)
 from scheduler.simulation import simulate
 
 
@@ -17,7 +26,9 @@ def _day(value: str, name: str) -> dt.date:
     try:
         return dt.date.fromisoformat(value)
     except ValueError:
-        raise PingAnError(f"{name} {value!r} is not a date (YYYY-MM-DD)") from None
+        raise typer.BadParameter(
+            f"{value!r} is not a date (YYYY-MM-DD)", param_hint=f"'{name}'"
+        ) from None
 
 
 def simulate_command(
@@ -39,15 +50,17 @@ def simulate_command(
     c = core(ctx)
     first, last = _day(start, "--from"), _day(end, "--to")
     if last < first:
-        raise PingAnError("--to is before --from")
-    result = simulate(
-        c.settings,
-        start_day=first,
-        end_day=last,
-        recipients_file=recipients,
-        seed=seed,
-        scratch=scratch,
-    )
+        raise usage_error("--to is before --from")
+    with progress_bar("simulating", show=show_progress(fmt)) as on_progress:
+        result = simulate(
+            c.settings,
+            start_day=first,
+            end_day=last,
+            recipients_file=recipients,
+            seed=seed,
+            scratch=scratch,
+            on_progress=on_progress,
+        )
     rules: list[dict[str, Any]] = []
     for st in result.statuses:
         rows = list(st.rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Engine, func, select
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from scheduler.db import transaction
 from scheduler.exceptions import PingAnError
-from scheduler.models import Activity, FiledReport, Message, Occurrence
+from scheduler.models import Activity, FiledReport, Message, MessageState, Occurrence
 
 ACTIVITY_FIELDS = (
     "households_visited",
@@ -64,8 +65,18 @@ def mark_filed(engine: Engine, month: str, path: str) -> None:
             s.add(FiledReport(month=month, filed_at=dt.datetime.now(dt.UTC), path=path))
 
 
+# Reached: a message went out (sent or delivered); a failed or undelivered one reaches nobody.
+REACHED = (MessageState.SENT, MessageState.DELIVERED)
+DELIVERED = (MessageState.DELIVERED,)
+
+
 def reach_before(
-    engine: Engine, town_id: str, village_id: str, start: dt.datetime, end: dt.datetime
+    engine: Engine,
+    town_id: str,
+    village_id: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    states: Sequence[MessageState] = REACHED,
 ) -> dict[str, int]:
     """Distinct residents of a village sent a message in [start, end), per campaign."""
     with engine.connect() as conn:
@@ -77,6 +88,7 @@ def reach_before(
                 Message.village_id == village_id,
                 Message.sent_at >= start,
                 Message.sent_at < end,
+                Message.state.in_(list(states)),
             )
             .group_by(Occurrence.campaign)
         ).all()
@@ -88,8 +100,14 @@ def reach_before(
 
 
 def distinct_reached(
-    engine: Engine, town_id: str, village_id: str, start: dt.datetime, end: dt.datetime
+    engine: Engine,
+    town_id: str,
+    village_id: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    states: Sequence[MessageState] = REACHED,
 ) -> int:
+    """Distinct residents of a village with a message sent in [start, end) now in `states`."""
     with engine.connect() as conn:
         return int(
             conn.execute(
@@ -98,6 +116,7 @@ def distinct_reached(
                     Message.village_id == village_id,
                     Message.sent_at >= start,
                     Message.sent_at < end,
+                    Message.state.in_(list(states)),
                 )
             ).scalar_one()
         )

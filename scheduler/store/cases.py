@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Engine, func, select
@@ -31,18 +32,31 @@ def insert_cases(engine: Engine, rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def village_case_stats(
-    engine: Engine, town_id: str, village_id: str, since: dt.datetime
-) -> tuple[int, int]:
-    """(cases since `since`, largest single loss) in one village."""
+    engine: Engine,
+    town_id: str,
+    village_id: str,
+    since: dt.datetime,
+    until: dt.datetime | None = None,
+) -> tuple[int, Decimal]:
+    """(cases in [since, until], largest single loss) in one village."""
+    stmt = select(func.count(), func.coalesce(func.max(FraudCase.amount_yuan), 0)).where(
+        FraudCase.town_id == town_id,
+        FraudCase.village_id == village_id,
+        FraudCase.occurred_at >= since,
+    )
+    if until is not None:
+        stmt = stmt.where(FraudCase.occurred_at <= until)
     with engine.connect() as conn:
-        n, biggest = conn.execute(
-            select(func.count(), func.coalesce(func.max(FraudCase.amount_yuan), 0)).where(
-                FraudCase.town_id == town_id,
-                FraudCase.village_id == village_id,
-                FraudCase.occurred_at >= since,
-            )
-        ).one()
-    return int(n), int(biggest)
+        n, biggest = conn.execute(stmt).one()
+    return int(n), Decimal(str(biggest))
+
+
+def get_case(engine: Engine, case_id: str) -> FraudCase:
+    with Session(engine) as s:
+        case = s.get(FraudCase, case_id)
+        if case is None:
+            raise KeyError(case_id)
+        return case
 
 
 def last_alert(engine: Engine, key: str) -> dt.datetime | None:
@@ -56,18 +70,22 @@ def last_alert(engine: Engine, key: str) -> dt.datetime | None:
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
 
 
-def latest_case(engine: Engine, town_id: str, village_id: str, since: dt.datetime) -> FraudCase:
+def latest_case(
+    engine: Engine,
+    town_id: str,
+    village_id: str,
+    since: dt.datetime,
+    until: dt.datetime | None = None,
+) -> FraudCase | None:
+    stmt = select(FraudCase).where(
+        FraudCase.town_id == town_id,
+        FraudCase.village_id == village_id,
+        FraudCase.occurred_at >= since,
+    )
+    if until is not None:
+        stmt = stmt.where(FraudCase.occurred_at <= until)
     with Session(engine) as s:
-        return s.scalars(
-            select(FraudCase)
-            .where(
-                FraudCase.town_id == town_id,
-                FraudCase.village_id == village_id,
-                FraudCase.occurred_at >= since,
-            )
-            .order_by(FraudCase.occurred_at.desc())
-            .limit(1)
-        ).one()
+        return s.scalars(stmt.order_by(FraudCase.occurred_at.desc()).limit(1)).one_or_none()
 
 
 def cases_between(engine: Engine, start: dt.datetime, end: dt.datetime) -> list[FraudCase]:

@@ -482,6 +482,19 @@ def state_counts(engine: Engine) -> dict[str, int]:
     return {str(r[0]): int(r[1]) for r in rows}
 
 
+# Messages not yet sent: shown as pending by the day they were queued, never mixed into the
+# counts of messages sent.
+PENDING_STATES = (MessageState.QUEUED, MessageState.SENDING)
+
+
+def counted_at() -> Any:
+    """When a message counts, as SQL: the instant it was sent; a message that finished without
+    ever being sent (refused by the provider) counts when it finished. The same local day the
+    send counters use (scheduler.store.counters.local_day), so delivery stats, quota status
+    and the report agree."""
+    return func.coalesce(Message.sent_at, Message.status_at, Message.queued_at)
+
+
 def delivery_breakdown(
     engine: Engine,
     *,
@@ -490,47 +503,60 @@ def delivery_breakdown(
     end: dt.datetime | None,
     tz: ZoneInfo,
 ) -> list[dict[str, object]]:
-    """Messages per state, grouped by town, carrier, error or local day of queueing."""
+    """Messages per state, grouped by town, carrier, error or local day. Messages sent (or
+    finished) count at counted_at(); messages still queued or sending count by the time they
+    were queued, under their own states `queued` and `sending`."""
     columns = {"town": Message.town_id, "carrier": Message.carrier, "error": Message.error_code}
-    group: list[Any] = []
-    if by in columns:
-        group = [columns[by]]
-    elif by == "day":
-        group = [Message.queued_at]
-    q: Any = select(*group, Message.state, func.count())
-    if start is not None:
-        q = q.where(Message.queued_at >= start)
-    if end is not None:
-        q = q.where(Message.queued_at < end)
-    q = q.group_by(*group, Message.state)
-    with engine.connect() as conn:
-        raw = conn.execute(q).all()
     out: dict[str, dict[str, int]] = {}
-    for row in raw:
-        if group:
-            key_value, state, n = row
-            if by == "day":
-                assert isinstance(key_value, dt.datetime)
-                aware = key_value if key_value.tzinfo else key_value.replace(tzinfo=dt.UTC)
-                key = aware.astimezone(tz).date().isoformat()
+    pending = [s.value for s in PENDING_STATES]
+    for when, is_pending in ((counted_at(), False), (Message.queued_at, True)):
+        group: list[Any] = []
+        if by in columns:
+            group = [columns[by]]
+        elif by == "day":
+            group = [when]
+        q: Any = select(*group, Message.state, func.count())
+        q = q.where(Message.state.in_(pending) if is_pending else Message.state.not_in(pending))
+        if start is not None:
+            q = q.where(when >= start)
+        if end is not None:
+            q = q.where(when < end)
+        q = q.group_by(*group, Message.state)
+        with engine.connect() as conn:
+            raw = conn.execute(q).all()
+        for row in raw:
+            if group:
+                key_value, state, n = row
+                if by == "day":
+                    key = _local_day_key(key_value, tz)
+                else:
+                    key = str(key_value) if key_value is not None else "-"
             else:
-                key = str(key_value) if key_value is not None else "-"
-        else:
-            state, n = row
-            key = "all"
-        bucket = out.setdefault(key, {})
-        bucket[str(state)] = bucket.get(str(state), 0) + int(n)
+                state, n = row
+                key = "all"
+            bucket = out.setdefault(key, {})
+            bucket[str(state)] = bucket.get(str(state), 0) + int(n)
     return [{"key": k, **v} for k, v in sorted(out.items())]
+
+
+def _local_day_key(value: Any, tz: ZoneInfo) -> str:
+    if isinstance(value, str):  # SQLite's coalesce() hands back the stored text
+        value = dt.datetime.fromisoformat(value)
+    assert isinstance(value, dt.datetime)
+    aware = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return aware.astimezone(tz).date().isoformat()
 
 
 def top_errors(
     engine: Engine, *, start: dt.datetime | None, end: dt.datetime | None, limit: int = 10
 ) -> list[tuple[str, int]]:
+    """The commonest error codes of messages counted in [start, end) (see counted_at)."""
+    when = counted_at()
     q = select(Message.error_code, func.count()).where(Message.error_code.is_not(None))
     if start is not None:
-        q = q.where(Message.queued_at >= start)
+        q = q.where(when >= start)
     if end is not None:
-        q = q.where(Message.queued_at < end)
+        q = q.where(when < end)
     q = q.group_by(Message.error_code).order_by(func.count().desc()).limit(limit)
     with engine.connect() as conn:
         return [(str(r[0]), int(r[1])) for r in conn.execute(q).all()]

@@ -93,3 +93,20 @@ class DatabaseLock:
         with Session(self.engine) as s:
             row = s.get(SchedulerLock, self.name)
             return row.holder if row else None
+
+
+def lock_weekly_cap(session: Session, week_start: dt.date) -> None:
+    """Serialise every expansion's cap check for one week until `session`'s transaction ends.
+
+    The weekly cap is read (messages per resident) and then written (new messages): two
+    expansions doing that at once would each see a resident under the cap. On PostgreSQL this
+    takes a transaction-scoped advisory lock for the week; on SQLite it turns the transaction
+    into a write transaction at once (`BEGIN IMMEDIATE`), which SQLite grants to one
+    connection at a time. Call it first in the transaction.
+    """
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        key = zlib.crc32(f"pingan:weekly-cap:{week_start.isoformat()}".encode())
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+    else:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

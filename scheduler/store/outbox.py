@@ -26,6 +26,7 @@ from scheduler.models import (
     OptOut,
     Recipient,
 )
+from scheduler.store.locks import lock_weekly_cap
 
 
 def _insert(engine_or_session: Engine | Session, table: Any) -> Any:
@@ -249,34 +250,46 @@ def sms_occurrences_between(
 ) -> list[int]:
     """SMS occurrences scheduled in [start, end): the per-resident cap counts their messages."""
     with Session(engine) as s:
-        return list(
-            s.scalars(
-                select(Occurrence.id).where(
-                    Occurrence.channel == "sms",
-                    Occurrence.scheduled_at >= start,
-                    Occurrence.scheduled_at < end,
-                    Occurrence.id != exclude,
-                )
+        return _sms_occurrences_between(s, start, end, exclude=exclude)
+
+
+def _sms_occurrences_between(
+    s: Session, start: dt.datetime, end: dt.datetime, *, exclude: int
+) -> list[int]:
+    return list(
+        s.scalars(
+            select(Occurrence.id).where(
+                Occurrence.channel == "sms",
+                Occurrence.scheduled_at >= start,
+                Occurrence.scheduled_at < end,
+                Occurrence.id != exclude,
             )
         )
+    )
 
 
 def messages_per_recipient(
     engine: Engine, occurrence_ids: Sequence[int], lo: int, hi: int
 ) -> dict[int, int]:
     """Messages (not cancelled) of these occurrences per recipient with id in [lo, hi]."""
+    with Session(engine) as s:
+        return _messages_per_recipient(s, occurrence_ids, lo, hi)
+
+
+def _messages_per_recipient(
+    s: Session, occurrence_ids: Sequence[int], lo: int, hi: int
+) -> dict[int, int]:
     if not occurrence_ids:
         return {}
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(Message.recipient_id, func.count())
-            .where(
-                Message.occurrence_id.in_(occurrence_ids),
-                Message.recipient_id.between(lo, hi),
-                Message.state != MessageState.CANCELLED,
-            )
-            .group_by(Message.recipient_id)
-        ).all()
+    rows = s.execute(
+        select(Message.recipient_id, func.count())
+        .where(
+            Message.occurrence_id.in_(occurrence_ids),
+            Message.recipient_id.between(lo, hi),
+            Message.state != MessageState.CANCELLED,
+        )
+        .group_by(Message.recipient_id)
+    ).all()
     return {r[0]: r[1] for r in rows}
 
 
@@ -323,30 +336,93 @@ _INSERT_QUEUED = (
 )
 
 
-def write_chunk(
+# Exclusion reasons decided while the chunk holds the weekly-cap lock.
+OVER_CAP = "over_cap"
+OVER_LIMIT = "over_limit"
+
+
+class WeeklyCap(NamedTuple):
+    """At most `cap` SMS per resident among SMS occurrences scheduled in [start, end)."""
+
+    start: dt.datetime
+    end: dt.datetime
+    cap: int
+
+
+class ChunkWritten(NamedTuple):
+    written: int
+    excluded: dict[str, int]
+    # Another expansion of the same occurrence moved its cursor: nothing was written.
+    stale: bool = False
+
+
+def write_capped_chunk(
     engine: Engine,
     occurrence_id: int,
     rows: Sequence[QueuedMessage],
     *,
+    cap: WeeklyCap,
+    expect_cursor: int,
     cursor: int,
     excluded: dict[str, int],
-) -> None:
-    """Insert one chunk of messages and advance the occurrence, in one transaction.
+    room: int | None = None,
+) -> ChunkWritten:
+    """Queue one chunk within the weekly cap and advance the occurrence, in one transaction.
 
-    Rows that already exist for (occurrence, recipient) are skipped, never duplicated.
+    The transaction holds the week's cap lock (`locks.lock_weekly_cap`) from before it counts
+    each resident's messages until it commits the new ones, so expansions running at once
+    (a case alert during the weekly send, two processes) cannot both see a resident under the
+    cap. Rows whose resident is at the cap are dropped as OVER_CAP; with `room`, rows beyond
+    that many are dropped as OVER_LIMIT. If the occurrence's cursor is no longer
+    `expect_cursor` (another process expanded this chunk), nothing is written.
     """
     t = db_time_cache(engine.dialect.name)
     with transaction(engine) as s:
+        lock_weekly_cap(s, cap.start.date())
+        current = s.scalar(select(Occurrence.cursor).where(Occurrence.id == occurrence_id))
+        if current != expect_cursor:
+            return ChunkWritten(0, dict(excluded), stale=True)
+        counts: dict[int, int] = {}
+        if rows:
+            others = _sms_occurrences_between(s, cap.start, cap.end, exclude=occurrence_id)
+            counts = _messages_per_recipient(
+                s, others, min(r.recipient_id for r in rows), max(r.recipient_id for r in rows)
+            )
+        keep: list[QueuedMessage] = []
+        total = dict(excluded)
+        for r in rows:
+            reason = None
+            if counts.get(r.recipient_id, 0) >= cap.cap:
+                reason = OVER_CAP
+            elif room is not None and len(keep) >= room:
+                reason = OVER_LIMIT
+            if reason is None:
+                keep.append(r)
+            else:
+                total[reason] = total.get(reason, 0) + 1
         executemany(
             s,
             _INSERT_QUEUED,
-            [(*r[:9], t(r.queued_at), t(r.next_attempt_at)) for r in rows],
+            [(*r[:9], t(r.queued_at), t(r.next_attempt_at)) for r in keep],
         )
         s.execute(
             update(Occurrence)
             .where(Occurrence.id == occurrence_id)
-            .values(cursor=cursor, excluded=excluded)
+            .values(cursor=cursor, excluded=total)
         )
+    return ChunkWritten(len(keep), total)
+
+
+def reopen_failed(engine: Engine, occurrence_id: int) -> bool:
+    """A failed occurrence back to `expanding`, to resume from its cursor; False if it was not
+    failed (so two retries at once cannot both run it)."""
+    with transaction(engine) as s:
+        result = s.execute(
+            update(Occurrence)
+            .where(Occurrence.id == occurrence_id, Occurrence.state == OccurrenceState.FAILED)
+            .values(state=OccurrenceState.EXPANDING, error=None, finished_at=None)
+        )
+        return _rowcount(result) == 1
 
 
 def count_messages(engine: Engine, occurrence_id: int) -> int:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Engine, func, select
 
-from scheduler.models import Message, Recipient, SendCounter
+from scheduler.models import Message, MessageState, Recipient, SendCounter
 
 By = Literal["town", "village", "carrier"]
 
@@ -84,12 +84,16 @@ def people_reached(
     by: By,
     towns: Sequence[str] | None = None,
     by_residence: bool = False,
+    states: Sequence[MessageState] = (MessageState.SENT, MessageState.DELIVERED),
 ) -> dict[tuple[str, ...], int]:
-    """Distinct recipients sent at least one message in [start, end) (aware instants), per
-    subject. With by_residence the key gains the recipient's residence type (registered or
-    migrant; recipients without one are left out)."""
+    """Distinct recipients with at least one message sent in [start, end) (aware instants) and
+    now in one of `states`, per subject: a resident whose only message failed or came back
+    undelivered was not reached. With by_residence the key gains the recipient's residence
+    type (registered or migrant; recipients without one are left out)."""
     cols = _group(Message, by)
-    stmt = select(*cols).where(Message.sent_at >= start, Message.sent_at < end)
+    stmt = select(*cols).where(
+        Message.sent_at >= start, Message.sent_at < end, Message.state.in_(list(states))
+    )
     if by_residence:
         stmt = stmt.join(Recipient, Recipient.id == Message.recipient_id).where(
             Recipient.residence.is_not(None)

@@ -75,6 +75,27 @@ def _upsert_statement(conn: Connection) -> Any:
     return _UPSERTS[name]
 
 
+_WRITTEN_AT = select(_TABLE.c.phone, _TABLE.c.town_id).where(
+    _TABLE.c.phone.in_(bindparam("phones", expanding=True)),
+    _TABLE.c.updated_at == bindparam("stamp", type_=Recipient.__table__.c.updated_at.type),
+)
+
+
+def towns_written_at(engine: Engine, phones: Sequence[str], stamp: dt.datetime) -> dict[str, str]:
+    """Town of each of `phones` last written with `updated_at == stamp` (by one import run).
+
+    An import stamps every row it writes with its own start time, so this finds the rows an
+    earlier chunk of the same file wrote without keeping every phone of the file in memory.
+    """
+    if not phones:
+        return {}
+    with engine.connect() as conn:
+        return {
+            str(p): str(t)
+            for p, t in conn.execute(_WRITTEN_AT, {"phones": list(phones), "stamp": stamp})
+        }
+
+
 def _upsert_chunk(conn: Connection, rows: Sequence[dict[str, Any]]) -> tuple[int, int]:
     if not rows:
         return 0, 0

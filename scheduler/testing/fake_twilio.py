@@ -59,6 +59,10 @@ class FakeConfig:
     # After this many creations, hold every further create (after creating it) until
     # POST /_fake/release: a dispatcher is then certainly waiting on Twilio, mid-batch.
     hold_after: int | None = None
+    # A real provider answers in tens of milliseconds; each create waits this long (plus a
+    # uniform jitter of up to `jitter_ms`) before answering, so concurrency can be measured.
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
 
 
 @dataclass
@@ -103,6 +107,8 @@ class FakeTwilio:
     def __init__(self, config: FakeConfig | None = None) -> None:
         self.config = config or FakeConfig()
         self.rng = random.Random(self.config.seed)
+        # Its own stream, so adding latency does not change which requests fail.
+        self.jitter_rng = random.Random(self.config.seed + 1)
         self.lock = threading.Lock()
         self.messages: dict[str, FakeMessage] = {}
         self.order: list[str] = []
@@ -142,6 +148,15 @@ class FakeTwilio:
         self.released.wait(timeout=600)
         with self.lock:
             self.held -= 1
+
+    def delay(self) -> None:
+        """Sleep for the configured provider latency, jitter included."""
+        c = self.config
+        if c.latency_ms <= 0 and c.jitter_ms <= 0:
+            return
+        with self.lock:
+            jitter = self.jitter_rng.random() * c.jitter_ms
+        time.sleep((c.latency_ms + jitter) / 1000)
 
     def _roll(self) -> str:
         """What to do with one create request."""
@@ -251,7 +266,7 @@ class FakeTwilio:
         class Handler(_Handler):
             state = fake
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server = _Server((host, port), Handler)
         self.server.daemon_threads = True
         self.base_url = f"http://{host}:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, name="fake-twilio", daemon=True).start()
@@ -262,6 +277,12 @@ class FakeTwilio:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+
+
+class _Server(ThreadingHTTPServer):
+    # The default backlog of 5 resets connections when several dispatcher processes (or a
+    # benchmark's client processes) connect at once.
+    request_queue_size = 256
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -366,6 +387,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, "20404")
             return
         form = {k: v[0] for k, v in urllib.parse.parse_qs(raw).items()}
+        state.delay()
         outcome = state._roll()
         state.requests[outcome] += 1
         if outcome == "429":
@@ -407,6 +429,12 @@ def main() -> None:
         default=None,
         help="after N creations, hold each further response until POST /_fake/release",
     )
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="answer each create this late"
+    )
+    parser.add_argument(
+        "--jitter-ms", type=float, default=0.0, help="plus up to this much, uniformly"
+    )
     args = parser.parse_args()
     fake = FakeTwilio(
         FakeConfig(
@@ -415,6 +443,8 @@ def main() -> None:
             timeout_after_create=args.timeouts,
             permanent={"21211": args.permanent} if args.permanent else {},
             hold_after=args.hold_after,
+            latency_ms=args.latency_ms,
+            jitter_ms=args.jitter_ms,
         )
     )
     url = fake.start(port=args.port)
