@@ -14,8 +14,9 @@ from scheduler.exceptions import InvalidPhoneNumber
 from scheduler.logs import get_logger
 from scheduler.phones import mask, normalize
 from scheduler.providers.base import error_catalogue
+from scheduler.replies import ReplyRules, classify, load_reply_rules
 from scheduler.store import delivery
-from scheduler.store.recipients import record_opt_outs
+from scheduler.store.recipients import record_opt_outs, record_opt_outs_counted
 
 log = get_logger("scheduler.callbacks")
 
@@ -56,17 +57,28 @@ class Callbacks:
         log.info("callback.status", sid=sid, status=status, error_code=code, result=result)
         return result
 
+    @cached_property
+    def reply_rules(self) -> ReplyRules:
+        settings = self.core.settings
+        extra = settings.opt_out_keywords if "opt_out_keywords" in settings.model_fields_set else []
+        return load_reply_rules(settings.config_dir, extra)
+
     def inbound(self, form: Mapping[str, str]) -> bool:
-        """A reply: a refusal keyword (退订, TD, STOP, …) records an opt-out. True if it did."""
-        body = (form.get("Body") or "").strip().upper()
-        keywords = {k.strip().upper() for k in self.core.settings.opt_out_keywords}
-        if body not in keywords:
+        """A reply: a refusal (退订, TD, `T.`, `stop please`, 请勿再发, …, config/replies.yaml)
+        records an opt-out with the raw reply and cancels what is queued. True if it did."""
+        raw = form.get("Body") or ""
+        verdict = classify(raw, self.reply_rules)
+        if not verdict.opt_out:
             return False
         try:
             phone = normalize(form.get("From") or "")
         except InvalidPhoneNumber:
             log.info("callback.inbound_invalid", sender=mask(form.get("From") or ""))
             return False
-        record_opt_outs(self.core.engine, [phone], source="reply", reason=body)
-        log.info("callback.opt_out", phone=mask(phone), keyword=body)
+        new, cancelled = record_opt_outs_counted(
+            self.core.engine, [phone], source="reply", reason=verdict.rule, reply_text=raw
+        )
+        log.info(
+            "callback.opt_out", phone=mask(phone), rule=verdict.rule, new=new, cancelled=cancelled
+        )
         return True

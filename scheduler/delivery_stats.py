@@ -16,9 +16,14 @@ from scheduler.models import MessageState
 from scheduler.numbers import ratio
 from scheduler.providers.base import error_catalogue
 from scheduler.store import delivery
+from scheduler.store.optouts import OPTED_OUT
 
-STATES = [s.value for s in MessageState if s != MessageState.CANCELLED]
+STATES = [s.value for s in MessageState]
 PENDING = [s.value for s in delivery.PENDING_STATES]
+# Cancelled messages (the resident opted out first) never went out: shown, but not in total.
+NOT_SENT = [*PENDING, MessageState.CANCELLED.value]
+# Reasons we record ourselves in error_code, beside the provider's codes.
+OWN_REASONS = {OPTED_OUT: "Resident opted out; message cancelled / 居民已退订，消息已取消"}
 
 
 def month_bounds(month: str, tz: Any) -> tuple[dt.datetime, dt.datetime]:
@@ -43,7 +48,7 @@ def delivery_stats(core: Core, *, month: str | None, by: str | None) -> dict[str
             {
                 "key": r["key"],
                 **counts,
-                "total": sum(n for s, n in counts.items() if s not in PENDING),
+                "total": sum(n for s, n in counts.items() if s not in NOT_SENT),
                 "pending": sum(counts[s] for s in PENDING),
                 "delivery_rate": None if rate is None else float(rate),
             }
@@ -53,7 +58,7 @@ def delivery_stats(core: Core, *, month: str | None, by: str | None) -> dict[str
         {
             "code": code,
             "count": n,
-            "meaning": catalogue[code].meaning if code in catalogue else "",
+            "meaning": catalogue[code].meaning if code in catalogue else OWN_REASONS.get(code, ""),
         }
         for code, n in delivery.top_errors(core.engine, start=start, end=end)
     ]

@@ -6,6 +6,11 @@ jitter (honouring Retry-After); permanent ones stop; an uncertain one (a 5xx or 
 the request went out) is looked up at the provider before anything is sent again, and marked
 `unknown` for an operator when the provider cannot tell. On start, messages a crash left in
 `sending` are reconciled the same way.
+
+Right before each send the clock is read again (the rate limiter may have held the message
+past the end of the sending hours) and the number is checked against opt-outs recorded since
+the claim; a message stopped by either goes back (queued, or cancelled) without counting as an
+attempt.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,7 +34,7 @@ from scheduler.sending_hours import is_allowed, next_allowed
 from scheduler.settings import Settings
 from scheduler.store import delivery
 from scheduler.store.delivery import Claimed, Outcome
-from scheduler.store.recipients import record_opt_outs
+from scheduler.store.optouts import OPTED_OUT
 
 log = get_logger("scheduler.dispatcher")
 
@@ -41,12 +47,30 @@ class DispatchStats:
     failed: int = 0
     unknown: int = 0
     opted_out: int = 0
+    # Cancelled because the number opted out (at the claim or right before the send).
+    cancelled: int = 0
+    # Put back without an attempt: outside the sending hours, or the dispatcher was stopped.
+    deferred: int = 0
     batches: int = 0
     by_outcome: dict[str, int] = field(default_factory=dict)
 
+    _COUNTS = (
+        "claimed",
+        "sent",
+        "retried",
+        "failed",
+        "unknown",
+        "opted_out",
+        "cancelled",
+        "deferred",
+        "batches",
+    )
+
     def add(self, other: DispatchStats) -> None:
-        for name in ("claimed", "sent", "retried", "failed", "unknown", "opted_out", "batches"):
+        for name in self._COUNTS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        for k, v in other.by_outcome.items():
+            self.by_outcome[k] = self.by_outcome.get(k, 0) + v
 
 
 class Dispatcher:
@@ -69,10 +93,17 @@ class Dispatcher:
         self.stop = stop or threading.Event()
         self.rng = rng or random.Random()
         self.respect_hours = respect_hours
+        # The dry-run provider talks to no carrier: it is held to the rate limits only if asked
+        # (PINGAN_DRYRUN__RATE_LIMITED), so a rehearsal is not slowed to the real pace.
+        self.rate_limited = provider.name != "dryrun" or settings.dryrun.rate_limited
         self.rate = TokenBucket(self.cfg.rate_per_second)
         self.carrier_rates = {
             c: TokenBucket(r) for c, r in self.cfg.segment_rate_by_carrier.items()
         }
+        self._optout_lock = threading.Lock()
+        self._optout_checked = 0.0
+        self._batch_phones: set[str] = set()
+        self._opted_out: set[str] = set()
         self._bodies: dict[int, str] = {}
         self._pool = ThreadPoolExecutor(self.cfg.concurrency, thread_name_prefix="send")
 
@@ -88,10 +119,25 @@ class Dispatcher:
             now, self.settings.allowed_hours, self.settings.tz
         )
 
-    def run(self, *, until_empty: bool = False) -> DispatchStats:
-        """Send until stopped (or, with until_empty, until nothing is due)."""
+    def run(
+        self,
+        *,
+        until_empty: bool = False,
+        max_wait: float = 0.0,
+        progress: Callable[[DispatchStats], None] | None = None,
+    ) -> DispatchStats:
+        """Send until stopped (or, with until_empty, until nothing is due).
+
+        With until_empty, retries coming due within `max_wait` seconds of the outbox first
+        running dry are waited for, and so are other dispatchers' batches still `sending` (the
+        wait is bounded in wall-clock time too). `progress` is called with the running totals
+        after each batch.
+        """
         total = DispatchStats()
         total.add(self.reconcile())
+        self.housekeeping()
+        wait_until: dt.datetime | None = None
+        wait_started = 0.0
         while not self.stop.is_set():
             now = self.clock()
             if not self.in_hours(now):
@@ -103,19 +149,47 @@ class Dispatcher:
                 continue
             stats = self.run_batch()
             total.add(stats)
-            if stats.claimed == 0:
+            if progress is not None and stats.batches:
+                progress(total)
+            if stats.claimed == 0 and stats.cancelled == 0:
                 total.add(self.reconcile())
                 delivery.finish_occurrences(self.engine, now=self.clock())
+                self.housekeeping()
                 if until_empty:
-                    break
+                    now = self.clock()
+                    if wait_until is None:
+                        wait_until = now + dt.timedelta(seconds=max_wait)
+                        wait_started = time.monotonic()
+                    spent = time.monotonic() - wait_started
+                    if spent >= max_wait:
+                        break
+                    due = delivery.next_due_at(self.engine)
+                    if due is not None and due <= wait_until:
+                        pause = (due - now).total_seconds()
+                    elif delivery.unfinished(self.engine)["sending"]:
+                        # Another dispatcher's batch: its retries may yet come back to us.
+                        pause = self.cfg.poll_seconds
+                    else:
+                        break
+                    self.stop.wait(max(min(pause, max_wait - spent), 0.05))
+                    continue
                 self.stop.wait(self.cfg.poll_seconds)
         delivery.finish_occurrences(self.engine, now=self.clock())
         return total
 
+    def housekeeping(self) -> None:
+        """Expire status callbacks whose message never appeared."""
+        cutoff = self.clock() - dt.timedelta(days=self.cfg.pending_status_days)
+        expired = delivery.expire_pending_statuses(self.engine, older_than=cutoff)
+        if expired:
+            log.info("dispatch.pending_statuses_expired", rows=expired)
+
     def run_batch(self) -> DispatchStats:
         """Claim one batch, send it with bounded concurrency, record every outcome."""
         stats = DispatchStats()
-        claimed = delivery.claim_due(self.engine, now=self.clock(), limit=self.cfg.batch_size)
+        batch = delivery.claim_batch(self.engine, now=self.clock(), limit=self.cfg.batch_size)
+        claimed = batch.claimed
+        stats.cancelled = batch.cancelled
         if not claimed:
             return stats
         stats.claimed = len(claimed)
@@ -123,6 +197,11 @@ class Dispatcher:
         missing = [c.body_id for c in claimed if c.body_id not in self._bodies]
         if missing:
             self._bodies.update(delivery.bodies(self.engine, missing))
+        # An opt-out committed after the claim (it could not cancel rows already `sending`).
+        with self._optout_lock:
+            self._batch_phones = {c.phone for c in claimed}
+            self._opted_out = delivery.opted_out_among(self.engine, self._batch_phones)
+            self._optout_checked = time.monotonic()
         if self.cfg.concurrency == 1:
             outcomes = [self._send_one(c) for c in claimed]
         else:
@@ -131,15 +210,16 @@ class Dispatcher:
         return stats
 
     def _record(self, outcomes: list[Outcome], stats: DispatchStats) -> None:
-        opt_outs = delivery.record_outcomes(self.engine, outcomes, tz=self.settings.tz)
-        if opt_outs:
-            record_opt_outs(
-                self.engine, [p for p, _ in opt_outs], source="provider", reason="provider error"
-            )
+        # Opt-outs the provider reported are recorded in the same transaction.
+        delivery.record_outcomes(self.engine, outcomes, tz=self.settings.tz)
         for o in outcomes:
             stats.by_outcome[o.attempt_outcome] = stats.by_outcome.get(o.attempt_outcome, 0) + 1
             if o.state == MessageState.SENT:
                 stats.sent += 1
+            elif o.state == MessageState.CANCELLED:
+                stats.cancelled += 1
+            elif o.state == MessageState.QUEUED and not o.attempted:
+                stats.deferred += 1
             elif o.state == MessageState.QUEUED:
                 stats.retried += 1
             elif o.state == MessageState.UNKNOWN:
@@ -160,13 +240,65 @@ class Dispatcher:
             segments=c.segments,
         )
 
+    def _opted_out_since_claim(self, phone: str) -> bool:
+        """Checked right before each send; the batch's numbers are looked up again at most
+        once a second, so a slow batch still honours an opt-out that lands mid-way."""
+        with self._optout_lock:
+            if time.monotonic() - self._optout_checked >= 1.0:
+                self._opted_out = delivery.opted_out_among(self.engine, self._batch_phones)
+                self._optout_checked = time.monotonic()
+            return phone in self._opted_out
+
+    def _not_sent(
+        self,
+        c: Claimed,
+        now: dt.datetime,
+        state: MessageState,
+        outcome: str,
+        *,
+        next_attempt_at: dt.datetime | None = None,
+        error_code: str | None = None,
+    ) -> Outcome:
+        """Nothing reached the provider: not an attempt, not a failure."""
+        return Outcome(
+            c,
+            state,
+            now,
+            outcome,
+            self.provider.name,
+            error_code=error_code,
+            next_attempt_at=next_attempt_at,
+            attempted=False,
+        )
+
+    def _past_hours(self, c: Claimed, now: dt.datetime) -> Outcome | None:
+        if self.in_hours(now):
+            return None
+        # The batch began inside the hours; this message's turn came after they closed.
+        opening = next_allowed(now, self.settings.allowed_hours, self.settings.tz)
+        return self._not_sent(c, now, MessageState.QUEUED, "outside_hours", next_attempt_at=opening)
+
     def _send_one(self, c: Claimed) -> Outcome:
-        if not self.rate.take(1, self.stop):
-            return self._requeue(c, self.clock(), "stopped", None, 0.0, count_attempt=False)
-        bucket = self.carrier_rates.get(c.carrier)
-        if bucket is not None and not bucket.take(c.segments, self.stop):
-            return self._requeue(c, self.clock(), "stopped", None, 0.0, count_attempt=False)
+        # Checked before waiting for the rate limiter (no point waiting) and again after it.
+        late = self._past_hours(c, self.clock())
+        if late is not None:
+            return late
+        if self.rate_limited:
+            bucket = self.carrier_rates.get(c.carrier)
+            if not self.rate.take(1, self.stop) or (
+                bucket is not None and not bucket.take(c.segments, self.stop)
+            ):
+                now = self.clock()
+                return self._not_sent(c, now, MessageState.QUEUED, "stopped", next_attempt_at=now)
         started = self.clock()
+        late = self._past_hours(c, started)
+        if late is not None:
+            return late
+        if self._opted_out_since_claim(c.phone):
+            log.info("dispatch.opted_out_since_claim", message_id=c.id, phone=mask(c.phone))
+            return self._not_sent(
+                c, started, MessageState.CANCELLED, OPTED_OUT, error_code=OPTED_OUT
+            )
         msg = self._outbound(c)
         try:
             accepted = self.provider.send(msg)
@@ -182,16 +314,24 @@ class Dispatcher:
                 self.provider.name,
                 detail=repr(exc)[:500],
             )
-        return self._accepted(c, accepted)
+        return self._accepted(c, accepted, at=started)
 
-    def _accepted(self, c: Claimed, accepted: Accepted, outcome: str = "sent") -> Outcome:
+    def _accepted(
+        self,
+        c: Claimed,
+        accepted: Accepted,
+        outcome: str = "sent",
+        *,
+        at: dt.datetime | None = None,
+    ) -> Outcome:
+        """`at`: when the message was handed over (its sent_at), if known."""
         final = None
         if accepted.final_status:
             final = delivery.PROVIDER_STATUS.get(accepted.final_status)
         return Outcome(
             c,
             MessageState.SENT,
-            self.clock(),
+            at or self.clock(),
             outcome,
             self.provider.name,
             provider_message_id=accepted.provider_message_id,
@@ -231,13 +371,27 @@ class Dispatcher:
         since: dt.datetime,
         code: str | None,
         detail: str,
-        *,
-        immediate: bool = False,
     ) -> Outcome:
         """The provider may have the message: look before anything is sent again."""
         try:
-            found = self.provider.find_sent(msg, since - dt.timedelta(seconds=5))
+            found: Accepted | SendError | None = self.provider.find_sent(
+                msg, since - dt.timedelta(seconds=5)
+            )
         except SendError as exc:
+            found = exc
+        return self._settled(c, found, code, detail)
+
+    def _settled(
+        self,
+        c: Claimed,
+        found: Accepted | SendError | None,
+        code: str | None,
+        detail: str,
+        *,
+        immediate: bool = False,
+    ) -> Outcome:
+        """The outcome of a lookup: found (sent), not found (queue again), or cannot tell."""
+        if isinstance(found, SendError):
             log.warning("dispatch.unknown", message_id=c.id, phone=mask(c.phone), code=code)
             return Outcome(
                 c,
@@ -246,7 +400,7 @@ class Dispatcher:
                 "unknown",
                 self.provider.name,
                 error_code=code,
-                detail=f"{detail}; lookup: {exc}"[:500],
+                detail=f"{detail}; lookup: {found}"[:500],
             )
         if found is not None:
             return self._accepted(c, found, "found")
@@ -306,17 +460,15 @@ class Dispatcher:
             return stats
         log.warning("dispatch.reconcile", messages=len(stuck))
         self._bodies.update(delivery.bodies(self.engine, [c.body_id for c, _ in stuck]))
-        outcomes = []
-        for c, since in stuck:
-            outcomes.append(
-                self._settle_uncertain(
-                    c,
-                    self._outbound(c),
-                    since or self.clock(),
-                    None,
-                    "left sending by a crash",
-                    immediate=True,
-                )
-            )
+        now = self.clock()
+        lookups = [
+            (self._outbound(c), (since or now) - dt.timedelta(seconds=5)) for c, since in stuck
+        ]
+        # One lookup call for them all: the dry-run provider reads its log once, not per message.
+        found = self.provider.find_sent_many(lookups)
+        outcomes = [
+            self._settled(c, f, None, "left sending by a crash", immediate=True)
+            for (c, _), f in zip(stuck, found, strict=True)
+        ]
         self._record(outcomes, stats)
         return stats

@@ -134,6 +134,8 @@ class OptOut(Base):
     phone: Mapped[str] = mapped_column(String(11), primary_key=True)
     source: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str | None] = mapped_column(String(255))
+    # The resident's reply as received, when the refusal came by SMS.
+    reply_text: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 

@@ -346,6 +346,18 @@ class _Checker:
         except ValidationError as exc:
             self.validation(y, exc)
 
+    def replies(self) -> None:
+        """config/replies.yaml: the reply rules that decide which answers opt a resident out."""
+        from scheduler.replies import REPLIES_FILE, ReplyRules
+
+        y = self.read(self.settings.config_dir / REPLIES_FILE, fatal=False, required=False)
+        if y is None or y.data is None:
+            return
+        try:
+            ReplyRules.model_validate(y.data)
+        except ValidationError as exc:
+            self.validation(y, exc)
+
     def other_yaml(self, known: set[str]) -> None:
         folder = self.settings.config_dir
         if not folder.is_dir():
@@ -564,7 +576,8 @@ class _Checker:
         campaigns = self.campaigns(district)
         self.quotas(district)
         self.error_catalogue()
-        self.other_yaml({DISTRICT_FILE, CAMPAIGNS_FILE, QUOTAS_FILE, ERRORS_FILE})
+        self.replies()
+        self.other_yaml({DISTRICT_FILE, CAMPAIGNS_FILE, QUOTAS_FILE, ERRORS_FILE, "replies.yaml"})
         db_ok = self.database()
         if district is not None:
             catalogue, usable = self.templates(district, campaigns, config_dir / CAMPAIGNS_FILE)

@@ -38,6 +38,9 @@ class DryRunSettings(BaseModel):
     # Per-carrier overrides of delivered_share, e.g. {"unicom": 0.9}.
     delivered_share_by_carrier: dict[str, float] = Field(default_factory=dict)
     seed: int | None = None
+    # Hold the dry-run provider to PINGAN_DISPATCH__RATE_PER_SECOND and the per-carrier
+    # segment rates, as a real provider would be (a rehearsal of the pacing); off by default.
+    rate_limited: bool = False
 
 
 class DispatchSettings(BaseModel):
@@ -52,6 +55,8 @@ class DispatchSettings(BaseModel):
     poll_seconds: float = Field(2.0, ge=0)
     # A message `sending` for longer than this was left by a crash and is reconciled.
     stale_sending_seconds: float = Field(300.0, ge=0)
+    # A status callback kept for a message id that never appears is dropped after this long.
+    pending_status_days: float = Field(7.0, gt=0)
 
 
 class AlertSettings(BaseModel):

@@ -83,7 +83,7 @@ def test_opt_out_from_a_file(tmp_path: Path, db_url: str, engine: Engine) -> Non
     f.write_bytes("手机号,备注\r\n13800138000,电话投诉\r\n+86 186 0000 0001,\r\n\r\n".encode("gbk"))
     done = pingan(tmp_path, db_url, "opt-out", "--file", str(f), "--format", "json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"recorded": 2, "new": 2, "rejected": []}
+    assert json.loads(done.stdout) == {"recorded": 2, "new": 2, "cancelled": 0, "rejected": []}
     assert is_opted_out(engine, "13800138000")
     assert is_opted_out(engine, "18600000001")
     assert stats(engine)["opted_out"] == 2

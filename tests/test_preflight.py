@@ -262,3 +262,13 @@ def test_the_loaders_errors_carry_the_line_too(config: Path) -> None:
         f"line {line}: campaigns[2].schedule: write weekdays as mon..sun: "
         "APScheduler 3 counts 0 as Monday, crontab as Sunday"
     ]
+
+
+def test_the_reply_rules_are_checked_with_their_line(tmp_path: Path, config: Path) -> None:
+    """A phrase with Latin letters belongs under keywords: reported, like every other file."""
+    replies = config / "replies.yaml"
+    line = edit(replies, "  - 勿发\n", "  - stop it\n")
+    rc, out, _ = check(tmp_path, config)
+    assert rc == 1
+    [problem] = out.splitlines()
+    assert problem.startswith(f"{replies}:{line}: phrases[")

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
-import typer
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-from scheduler.cli.common import FORMAT_OPTION, OutputFormat, console, core, print_json, table
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from scheduler.cli.common import (
+    FORMAT_OPTION,
+    OutputFormat,
+    console,
+    core,
+    err_console,
+    print_json,
+    table,
+)
+from scheduler.core import Core
 from scheduler.delivery_stats import STATES, delivery_stats
-from scheduler.dispatcher import Dispatcher
+from scheduler.dispatcher import Dispatcher, DispatchStats
 from scheduler.providers import make_provider
+from scheduler.store.delivery import unfinished
 
 app = typer.Typer(help="Delivery: statistics by town, carrier, day or error.", no_args_is_help=True)
 
@@ -15,7 +30,16 @@ app = typer.Typer(help="Delivery: statistics by town, carrier, day or error.", n
 def dispatch(
     ctx: typer.Context,
     until_empty: bool = typer.Option(
-        False, "--until-empty", help="Stop when nothing is due instead of waiting for more."
+        False,
+        "--until-empty",
+        help="Stop when nothing is due instead of waiting for more; exit 1 if anything is "
+        "left queued, retrying or sending.",
+    ),
+    max_wait: float = typer.Option(
+        300.0,
+        "--max-wait",
+        min=0,
+        help="With --until-empty: seconds to wait for retries coming due before giving up.",
     ),
     fmt: OutputFormat = FORMAT_OPTION,
 ) -> None:
@@ -23,10 +47,13 @@ def dispatch(
     c = core(ctx)
     provider = make_provider(c.settings)
     dispatcher = Dispatcher(c.engine, provider, c.settings, clock=c.clock, stop=c.stop)
+    show_bar = console.is_terminal and fmt != OutputFormat.json
     try:
-        stats = dispatcher.run(until_empty=until_empty)
+        with _progress(c, show_bar) as on_batch:
+            stats = dispatcher.run(until_empty=until_empty, max_wait=max_wait, progress=on_batch)
     finally:
         dispatcher.close()
+    left = {k: v for k, v in unfinished(c.engine).items() if v} if until_empty else {}
     data = {
         "claimed": stats.claimed,
         "sent": stats.sent,
@@ -34,15 +61,51 @@ def dispatch(
         "failed": stats.failed,
         "unknown": stats.unknown,
         "opted_out": stats.opted_out,
+        "cancelled": stats.cancelled,
+        "deferred": stats.deferred,
         "outcomes": stats.by_outcome,
+        "left": left,
     }
     if fmt == OutputFormat.json:
         print_json(data)
     else:
         console.print(
             f"sent {stats.sent}, failed {stats.failed}, retry later {stats.retried}, "
-            f"unknown {stats.unknown}"
+            f"unknown {stats.unknown}, cancelled (opted out) {stats.cancelled}, "
+            f"outside hours {stats.deferred}",
+            soft_wrap=True,
         )
+    if left:
+        for state, n in left.items():
+            err_console.print(f"left {state}: {n}", markup=False)
+        raise typer.Exit(1)
+
+
+@contextmanager
+def _progress(c: Core, show: bool) -> Iterator[Callable[[DispatchStats], None] | None]:
+    """A progress bar (sent and failed counts, rate) on a terminal; nothing when piped."""
+    if not show:
+        yield None
+        return
+    total = sum(v for k, v in unfinished(c.engine).items() if k != "sending")
+    columns = (
+        TextColumn("[bold]发送 dispatch"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("sent {task.fields[sent]} · failed {task.fields[failed]}"),
+        TextColumn("{task.fields[rate]:.0f}/s"),
+        TimeElapsedColumn(),
+    )
+    started = time.monotonic()
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("dispatch", total=total or None, sent=0, failed=0, rate=0.0)
+
+        def update(stats: DispatchStats) -> None:
+            done = stats.sent + stats.failed + stats.unknown + stats.cancelled
+            rate = stats.sent / max(time.monotonic() - started, 1e-6)
+            bar.update(task, completed=done, sent=stats.sent, failed=stats.failed, rate=rate)
+
+        yield update
 
 
 @app.command("stats")
@@ -56,7 +119,8 @@ def stats(
     by: str = typer.Option(None, "--by", help="town, carrier, day or error."),
     fmt: OutputFormat = FORMAT_OPTION,
 ) -> None:
-    """Queued, sending, sent, delivered, undelivered, failed, unknown; rate; top error codes."""
+    """Queued, sending, sent, delivered, undelivered, failed, unknown, cancelled; rate; top
+    error codes and reasons (opted_out: cancelled because the resident refused)."""
     if by not in (None, "town", "carrier", "day", "error"):
         raise typer.BadParameter("--by must be town, carrier, day or error")
     data = delivery_stats(core(ctx), month=month, by=by)

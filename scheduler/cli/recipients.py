@@ -128,6 +128,8 @@ def opt_out(
 ) -> None:
     """Record residents who refused messages; they stay recorded whatever later imports say.
 
+    Their queued and retrying messages are cancelled in the same transaction.
+
     Exits 1 when some numbers were invalid (the valid ones are recorded all the same).
     """
     raw: list[tuple[str, str]] = [("argument", p) for p in phones or []]
@@ -141,11 +143,17 @@ def opt_out(
             valid.append(normalize(value))
         except InvalidPhoneNumber as exc:
             bad.append(f"{where}: {exc}")
-    new = store.record_opt_outs(core(ctx).engine, valid, source=source, reason=reason)
+    new, cancelled = store.record_opt_outs_counted(
+        core(ctx).engine, valid, source=source, reason=reason
+    )
     if fmt == OutputFormat.json:
-        print_json({"recorded": len(set(valid)), "new": new, "rejected": bad})
+        print_json(
+            {"recorded": len(set(valid)), "new": new, "cancelled": cancelled, "rejected": bad}
+        )
     else:
-        console.print(f"{len(set(valid))} recorded ({new} new)")
+        console.print(
+            f"{len(set(valid))} recorded ({new} new); {cancelled} queued messages cancelled"
+        )
         if valid and len(valid) <= 5:
             console.print("numbers: " + ", ".join(mask(p) for p in valid))
         for line in bad:

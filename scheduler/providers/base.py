@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import datetime as dt
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -114,6 +115,19 @@ class Provider(abc.ABC):
         Raises SendError(UNCERTAIN) when it cannot tell; the message is then left for an
         operator rather than risk a duplicate.
         """
+
+    def find_sent_many(
+        self, lookups: Sequence[tuple[OutboundMessage, dt.datetime]]
+    ) -> list[Accepted | SendError | None]:
+        """`find_sent` for many messages (reconciliation after a crash), in order; a SendError
+        in place of an answer the provider could not give. Override when one pass is cheaper."""
+        out: list[Accepted | SendError | None] = []
+        for msg, since in lookups:
+            try:
+                out.append(self.find_sent(msg, since))
+            except SendError as exc:
+                out.append(exc)
+        return out
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

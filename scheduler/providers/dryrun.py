@@ -10,11 +10,12 @@ import datetime as dt
 import json
 import random
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
 from scheduler.phones import mask
-from scheduler.providers.base import Accepted, OutboundMessage, Provider
+from scheduler.providers.base import Accepted, OutboundMessage, Provider, SendError
 from scheduler.settings import DryRunSettings
 
 
@@ -73,9 +74,19 @@ class DryRunProvider(Provider):
 
     def find_sent(self, msg: OutboundMessage, since: dt.datetime) -> Accepted | None:
         """Look the message up in the log: the log is the dry-run provider's own record."""
+        found = self.find_sent_many([(msg, since)])[0]
+        return found if isinstance(found, Accepted) else None
+
+    def find_sent_many(
+        self, lookups: Sequence[tuple[OutboundMessage, dt.datetime]]
+    ) -> list[Accepted | SendError | None]:
+        """One pass over the log for all the messages asked about (a crash can leave a whole
+        batch `sending`; reading the log once per message made that quadratic)."""
+        wanted = {msg.id for msg, _ in lookups}
+        found: dict[int, Accepted] = {}
         with self._lock:
             if self._fh is None:
-                return None  # no log, no record: after a crash, what was in flight goes again
+                return [None] * len(lookups)  # no log, no record: what was in flight goes again
             self._fh.flush()
             with self.log_file.open(encoding="utf-8") as fh:
                 for raw in fh:
@@ -83,11 +94,14 @@ class DryRunProvider(Provider):
                         line = json.loads(raw)
                     except json.JSONDecodeError:
                         continue
-                    if line.get("message_id") == msg.id:
-                        return Accepted(
+                    mid = line.get("message_id") if isinstance(line, dict) else None
+                    if mid in wanted and mid not in found:
+                        found[mid] = Accepted(
                             line["sid"], "sent", final_status=line.get("simulated_status")
                         )
-        return None
+                        if len(found) == len(wanted):
+                            break
+        return [found.get(msg.id) for msg, _ in lookups]
 
     def close(self) -> None:
         with self._lock:

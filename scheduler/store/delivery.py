@@ -13,19 +13,35 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import (
+    Engine,
+    case,
+    delete,
+    exists,
+    func,
+    literal,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from scheduler.db import db_time_cache, executemany, transaction
+from scheduler.logs import get_logger
 from scheduler.models import (
     Message,
     MessageBody,
     MessageState,
     Occurrence,
     OccurrenceState,
+    OptOut,
     PendingStatus,
 )
+from scheduler.store import optouts
 from scheduler.store.counters import CounterIncrement, bump_counters, local_day
+from scheduler.store.optouts import OPTED_OUT
+
+log = get_logger("scheduler.store.delivery")
 
 # How far a status has got; a callback only ever moves a message forward.
 RANK = {
@@ -80,6 +96,9 @@ class Outcome:
     detail: str | None = None
     next_attempt_at: dt.datetime | None = None
     final_status: MessageState | None = None  # dry-run's simulated delivery outcome
+    # False when nothing reached the provider (outside the sending hours, stopped, opted out
+    # since the claim): no attempt row, and the claim's attempt count is given back.
+    attempted: bool = True
 
 
 # Claimed's fields, in order.
@@ -96,16 +115,31 @@ _CLAIMED = (
 )
 
 
+@dataclass(frozen=True)
+class ClaimResult:
+    claimed: list[Claimed]
+    # Due messages met on the way whose number has opted out: cancelled, never handed over.
+    cancelled: int
+
+
 def claim_due(engine: Engine, *, now: dt.datetime, limit: int) -> list[Claimed]:
-    """Mark up to `limit` due queued messages `sending` and return them, in send order.
+    """Mark up to `limit` due queued messages `sending` and return them, in send order."""
+    return claim_batch(engine, now=now, limit=limit).claimed
+
+
+def claim_batch(engine: Engine, *, now: dt.datetime, limit: int) -> ClaimResult:
+    """Claim the next `limit` due queued messages; opted-out ones among them are cancelled.
 
     One statement: the due rows (locked, skipping rows another dispatcher holds, on
-    PostgreSQL) in a CTE, updated and returned by the same UPDATE.
+    PostgreSQL), each flagged by whether its number is in opt_outs, in a CTE; the same UPDATE
+    marks the flagged ones `cancelled` (reason opted_out) and the rest `sending`, and returns
+    them. An opted-out number is never claimed for sending.
     """
     with transaction(engine) as s:
         conn = s.connection()
+        opted = exists().where(OptOut.phone == Message.phone)
         due = (
-            select(Message.id)
+            select(Message.id, opted.label("opted"))
             .join(Occurrence, Occurrence.id == Message.occurrence_id)
             .where(
                 Message.state == MessageState.QUEUED,
@@ -121,19 +155,38 @@ def claim_due(engine: Engine, *, now: dt.datetime, limit: int) -> list[Claimed]:
         returned = conn.execute(
             update(Message)
             .where(Message.id == due_cte.c.id)
-            .values(state=MessageState.SENDING, attempts=Message.attempts + 1, status_at=now)
-            .returning(Message.rank, *_CLAIMED)
+            .values(
+                state=case(
+                    (due_cte.c.opted, literal(MessageState.CANCELLED.value)),
+                    else_=literal(MessageState.SENDING.value),
+                ),
+                attempts=case((due_cte.c.opted, Message.attempts), else_=Message.attempts + 1),
+                error_code=case((due_cte.c.opted, literal(OPTED_OUT)), else_=Message.error_code),
+                status_at=now,
+            )
+            .returning(Message.state, Message.rank, *_CLAIMED)
         ).all()
         if not returned:
-            return []
-        rows: list[Any] = sorted(returned, key=lambda r: (r[0], r[1]))  # RETURNING has no order
-        occ_ids = {r[2] for r in rows}
-        conn.execute(
-            update(Occurrence)
-            .where(Occurrence.id.in_(occ_ids), Occurrence.state == OccurrenceState.READY)
-            .values(state=OccurrenceState.SENDING)
-        )
-    return [Claimed(*r[1:]) for r in rows]
+            return ClaimResult([], 0)
+        claimed = [r for r in returned if r[0] != MessageState.CANCELLED]
+        cancelled = len(returned) - len(claimed)
+        if cancelled:
+            log.info("dispatch.cancelled_opted_out", messages=cancelled)
+        rows: list[Any] = sorted(claimed, key=lambda r: (r[1], r[2]))  # RETURNING has no order
+        occ_ids = {r[3] for r in rows}
+        if occ_ids:
+            conn.execute(
+                update(Occurrence)
+                .where(Occurrence.id.in_(occ_ids), Occurrence.state == OccurrenceState.READY)
+                .values(state=OccurrenceState.SENDING)
+            )
+    return ClaimResult([Claimed(*r[2:]) for r in rows], cancelled)
+
+
+def opted_out_among(engine: Engine, phones: Iterable[str]) -> set[str]:
+    """Which of these numbers have opted out (checked again right before a send)."""
+    with transaction(engine) as s:
+        return optouts.opted_out_among(s, list(phones))
 
 
 def bodies(engine: Engine, ids: Iterable[int]) -> dict[int, str]:
@@ -168,7 +221,9 @@ def record_outcomes(
 ) -> list[tuple[str, str]]:
     """Record a batch of outcomes, their attempts and counters in one transaction.
 
-    Returns (phone, source) pairs that must be recorded as opt-outs.
+    In the same transaction: numbers the provider says refused (21610, 30004) are recorded as
+    opted out and their queued messages cancelled, and a message going back to the queue whose
+    number opted out meanwhile is cancelled. Returns the (phone, source) pairs opted out.
     """
     if not outcomes:
         return []
@@ -194,6 +249,7 @@ def record_outcomes(
                     at if sent else None,
                     at,
                     t(o.next_attempt_at),
+                    0 if o.attempted else 1,
                     o.message.id,
                 )
             )
@@ -215,14 +271,19 @@ def record_outcomes(
         executemany(
             s,
             "UPDATE messages SET state = ?, provider = ?, provider_message_id = ?, "
-            "error_code = ?, sent_at = ?, status_at = ?, next_attempt_at = ? WHERE id = ?",
+            "error_code = ?, sent_at = ?, status_at = ?, next_attempt_at = ?, "
+            "attempts = attempts - ? WHERE id = ?",
             updates,
         )
         executemany(
             s,
             "INSERT INTO attempts (message_id, attempted_at, outcome, error_code, detail) "
             "VALUES (?, ?, ?, ?, ?)",
-            [(o.message.id, t(o.at), o.attempt_outcome, o.error_code, o.detail) for o in outcomes],
+            [
+                (o.message.id, t(o.at), o.attempt_outcome, o.error_code, o.detail)
+                for o in outcomes
+                if o.attempted
+            ],
         )
         bump_counters(s, increments)
         pmids = [o.provider_message_id for o in outcomes if o.provider_message_id]
@@ -238,11 +299,21 @@ def record_outcomes(
                 s.execute(
                     delete(PendingStatus).where(PendingStatus.id.in_([p.id for p in pending]))
                 )
-    return [
-        (o.message.phone, f"provider:{o.error_code}")
-        for o in outcomes
-        if o.attempt_outcome == "opt_out"
-    ]
+        refused = [o for o in outcomes if o.attempt_outcome == "opt_out"]
+        latest = max(o.at for o in outcomes)
+        for o in refused:
+            optouts.insert_opt_outs(
+                s,
+                [o.message.phone],
+                source="provider",
+                reason=f"error {o.error_code}",
+                reply_text=None,
+                now=o.at,
+            )
+        optouts.cancel_opted_out_messages(
+            s, [o.message.id for o in outcomes if o.state == MessageState.QUEUED], now=latest
+        )
+    return [(o.message.phone, f"provider:{o.error_code}") for o in refused]
 
 
 def _apply_status(
@@ -319,7 +390,10 @@ def apply_status(
 
 
 def finish_occurrences(engine: Engine, *, now: dt.datetime) -> list[int]:
-    """Occurrences being sent with nothing left queued or sending become done."""
+    """Occurrences being sent with nothing left queued or sending become done.
+
+    Cancelled (opted out), like sent or failed, is final: it keeps no occurrence open.
+    """
     with transaction(engine) as s:
         open_ids = set(
             s.scalars(
@@ -374,6 +448,32 @@ def next_due_at(engine: Engine) -> dt.datetime | None:
         return None
     assert isinstance(value, dt.datetime)
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def expire_pending_statuses(engine: Engine, *, older_than: dt.datetime) -> int:
+    """Drop status callbacks kept for a message id that never appeared (another account's
+    message, a test callback): they would otherwise be kept for ever."""
+    with transaction(engine) as s:
+        result = s.execute(delete(PendingStatus).where(PendingStatus.received_at < older_than))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def unfinished(engine: Engine) -> dict[str, int]:
+    """What a drained outbox should not hold: queued (never tried), retrying and sending."""
+    tried = Message.attempts > literal_column("0")  # the same SQL text in SELECT and GROUP BY
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Message.state, tried, func.count())
+            .where(Message.state.in_([MessageState.QUEUED, MessageState.SENDING]))
+            .group_by(Message.state, tried)
+        ).all()
+    out = {"queued": 0, "retrying": 0, "sending": 0}
+    for state, was_tried, n in rows:
+        if state == MessageState.SENDING:
+            out["sending"] += int(n)
+        else:
+            out["retrying" if was_tried else "queued"] += int(n)
+    return out
 
 
 def state_counts(engine: Engine) -> dict[str, int]:

@@ -11,6 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from scheduler.db import transaction
 from scheduler.models import OptOut, Recipient
+from scheduler.store.optouts import insert_opt_outs
 
 _UPDATED_COLUMNS = (
     "name",
@@ -145,37 +146,45 @@ def _sqlite_executemany(conn: Connection, rows: Sequence[dict[str, Any]]) -> Non
 
 
 def record_opt_outs(
-    engine: Engine, phones: Iterable[str], *, source: str, reason: str | None = None
+    engine: Engine,
+    phones: Iterable[str],
+    *,
+    source: str,
+    reason: str | None = None,
+    reply_text: str | None = None,
 ) -> int:
     """Record refusals (normalised numbers); returns how many are new.
 
     Idempotent: a number already recorded keeps its first source, reason and time. Imports
     never touch this table, so a refusal outlives any later list that names the resident.
+    The residents' queued and retrying messages are cancelled in the same transaction.
     """
+    return record_opt_outs_counted(
+        engine, phones, source=source, reason=reason, reply_text=reply_text
+    )[0]
+
+
+def record_opt_outs_counted(
+    engine: Engine,
+    phones: Iterable[str],
+    *,
+    source: str,
+    reason: str | None = None,
+    reply_text: str | None = None,
+) -> tuple[int, int]:
+    """`record_opt_outs`, returning (new refusals, messages cancelled)."""
     unique = sorted(set(phones))
-    source = source[:32]
-    reason = reason[:255] if reason else None
     if not unique:
-        return 0
-    now = dt.datetime.now(dt.UTC)
-    new = 0
+        return 0, 0
     with transaction(engine) as s:
-        for i in range(0, len(unique), 5000):
-            chunk = unique[i : i + 5000]
-            known = set(s.scalars(select(OptOut.phone).where(OptOut.phone.in_(chunk))))
-            fresh = [p for p in chunk if p not in known]
-            if fresh:
-                s.execute(
-                    _dialect(engine)
-                    .insert(OptOut)
-                    .on_conflict_do_nothing(index_elements=["phone"]),
-                    [
-                        {"phone": p, "source": source, "reason": reason, "created_at": now}
-                        for p in fresh
-                    ],
-                )
-                new += len(fresh)
-    return new
+        return insert_opt_outs(
+            s,
+            unique,
+            source=source,
+            reason=reason,
+            reply_text=reply_text,
+            now=dt.datetime.now(dt.UTC),
+        )
 
 
 def is_opted_out(engine: Engine, phone: str) -> bool:

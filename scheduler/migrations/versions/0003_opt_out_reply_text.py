@@ -1,0 +1,26 @@
+"""opt_outs: the raw reply a refusal came with
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-11-26 00:20:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0003"
+down_revision: str | None = "0002"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("opt_outs") as batch:
+        batch.add_column(sa.Column("reply_text", sa.Text(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("opt_outs") as batch:
+        batch.drop_column("reply_text")
