@@ -166,13 +166,20 @@ def main() -> None:
     parser.add_argument(
         "--ceiling-processes", type=int, default=3, help="most client processes for the ceiling"
     )
+    parser.add_argument(
+        "--database-url",
+        help="a PostgreSQL server to run on (a scratch database); default: a SQLite file",
+    )
     args = parser.parse_args()
     configure_logging("json", "WARNING")
+    from benchmarks._db import ScratchDatabases
+
     fake, base = start_fake(args.port, args.latency_ms, args.jitter_ms)
     work = Path(tempfile.mkdtemp(prefix="pingan-bench-dispatch-"))
+    dbs = ScratchDatabases(work, args.database_url)
     settings = Settings(
         data_dir=work,
-        database_url=f"sqlite:///{work / 'd.db'}",
+        database_url=dbs.fresh("dispatch"),
         config_dir=ROOT / "config",
         templates_dir=ROOT / "templates" / "messages",
         provider="twilio",
@@ -208,6 +215,7 @@ def main() -> None:
     finally:
         fake.terminate()
         fake.wait()
+        dbs.drop_all()
         shutil.rmtree(work, ignore_errors=True)
 
 

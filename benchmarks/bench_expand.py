@@ -1,11 +1,16 @@
-"""Expanding one occurrence of 1,000,000 recipients on SQLite, against a ceiling and a baseline.
+"""Expanding one occurrence of 1,000,000 recipients, against a ceiling and a baseline.
 
     .venv/bin/python benchmarks/bench_expand.py [--recipients 1000000] [--naive 20000]
+        [--database-url postgresql+psycopg://user@host/db]
+
+A SQLite file by default; with `--database-url` each variant gets its own PostgreSQL database
+(copied from one prepared database, dropped at the end) and the ceiling is COPY.
 
 Each variant runs in its own process so its peak memory (ru_maxrss) is its own:
 - pingan: `Planner.fire_scheduled` of the weekly campaign (stream recipients, classify,
   render once per context, chunked inserts each with the occurrence cursor);
-- ceiling: a raw `sqlite3` executemany inserting the same rows into the same table;
+- ceiling: a raw `sqlite3` executemany inserting the same rows into the same table (on
+  PostgreSQL, psycopg's COPY of the same rows, one transaction);
 - naive, two ways a competent newcomer would write it with the ORM, over the whole run (not
   a sample scaled up): `naive-row`, an ORM object per recipient committed per row (a Session
   with expire_on_commit=False, so a commit does not re-select what it holds); `naive-batch`,
@@ -35,14 +40,19 @@ sys.path.insert(0, str(ROOT))
 
 TZ = ZoneInfo("Asia/Shanghai")
 MONDAY = dt.datetime(2022, 10, 10, 9, 0, tzinfo=TZ)
+WORK: list[Path] = []
+COLUMNS = (
+    "occurrence_id, recipient_id, phone, town_id, village_id, carrier, body_id, segments, "
+    "rank, state, attempts, queued_at, next_attempt_at"
+)
 
 
-def _settings(db: Path) -> Any:
+def _settings(url: str) -> Any:
     from scheduler.settings import Settings
 
     return Settings(
-        data_dir=db.parent,
-        database_url=f"sqlite:///{db}",
+        data_dir=WORK[0],
+        database_url=url,
         config_dir=ROOT / "config",
         templates_dir=ROOT / "templates" / "messages",
         log_format="json",
@@ -50,7 +60,7 @@ def _settings(db: Path) -> Any:
     )
 
 
-def prepare(db: Path, n: int) -> None:
+def prepare(db: str, n: int) -> None:
     from scheduler.core import Core
     from tests.factories import add_recipients
 
@@ -59,7 +69,7 @@ def prepare(db: Path, n: int) -> None:
     core.close()
 
 
-def run_pingan(db: Path, out: Any) -> None:
+def run_pingan(db: str, out: Any) -> None:
     from scheduler.core import Core
     from scheduler.logs import configure_logging
 
@@ -74,34 +84,39 @@ def run_pingan(db: Path, out: Any) -> None:
     out.put(("pingan", elapsed, result.queued, _rss_mb()))
 
 
-def run_ceiling(db: Path, source: Path, out: Any) -> None:
-    src = sqlite3.connect(source)
-    rows = src.execute(
-        "SELECT occurrence_id, recipient_id, phone, town_id, village_id, carrier, body_id, "
-        "segments, rank, state, attempts, queued_at, next_attempt_at FROM messages"
-    ).fetchall()
+def run_ceiling(db: str, source: str, out: Any) -> None:
+    from benchmarks._db import raw_connect
+
+    src: Any = raw_connect(source)
+    cur = src.cursor()
+    cur.execute(f"SELECT {COLUMNS} FROM messages")
+    rows = cur.fetchall()
     src.close()
     from scheduler.core import Core
 
     Core(_settings(db)).engine.dispose()  # same schema, same indexes
-    conn = sqlite3.connect(db)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=OFF")
+    conn: Any = raw_connect(db)
+    if not isinstance(conn, sqlite3.Connection):
+        # A copy of pingan's database (its bodies and occurrence satisfy the foreign keys)
+        # with the messages taken out.
+        conn.execute("TRUNCATE messages CASCADE")
+        conn.commit()
     began = time.perf_counter()
-    conn.executemany(
-        "INSERT INTO messages (occurrence_id, recipient_id, phone, town_id, village_id, carrier, "
-        "body_id, segments, rank, state, attempts, queued_at, next_attempt_at) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        rows,
-    )
+    if isinstance(conn, sqlite3.Connection):
+        conn.executemany(
+            f"INSERT INTO messages ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
+        )
+    else:
+        with conn.cursor() as cur, cur.copy(f"COPY messages ({COLUMNS}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
     conn.commit()
     elapsed = time.perf_counter() - began
     conn.close()
     out.put(("ceiling", elapsed, len(rows), _rss_mb()))
 
 
-def run_naive(db: Path, limit: int, commit_every: int, out: Any) -> None:
+def run_naive(db: str, limit: int, commit_every: int, out: Any) -> None:
     from sqlalchemy import func, select
     from sqlalchemy.orm import Session
 
@@ -218,27 +233,36 @@ def main() -> None:
         help="rows for the naive loops (default: all recipients; a smaller run is scaled, "
         "which flatters them if they slow down as the table grows)",
     )
+    parser.add_argument(
+        "--database-url",
+        help="a PostgreSQL server to run on (each variant in its own scratch database); "
+        "default: SQLite files in a temporary folder",
+    )
     args = parser.parse_args()
+    from benchmarks._db import ScratchDatabases, describe
+
     naive_rows = args.naive or args.recipients
     work = Path(tempfile.mkdtemp(prefix="pingan-bench-expand-"))
+    WORK.append(work)
+    dbs = ScratchDatabases(work, args.database_url)
+    ceiling_name = "COPY" if dbs.postgres else "raw executemany"
     try:
-        main_db, ceiling_db = work / "expand.db", work / "ceiling.db"
-        fresh = work / "fresh.db"
         t0 = time.perf_counter()
+        fresh = dbs.fresh("fresh")
         prepare(fresh, args.recipients)
-        shutil.copy(fresh, main_db)
+        main_db = dbs.copy("fresh", "expand")
         print(f"prepared {args.recipients:,} recipients in {time.perf_counter() - t0:.1f} s")
 
         _, p_time, queued, p_rss = _child(run_pingan, main_db)
         rate = queued / p_time
         print(f"pingan  : {queued:,} queued in {p_time:.2f} s ({rate:,.0f}/s), peak {p_rss:.0f} MB")
+        ceiling_db = dbs.copy("expand", "ceiling") if dbs.postgres else dbs.fresh("ceiling")
         _, c_time, c_rows, c_rss = _child(run_ceiling, ceiling_db, main_db)
-        print(f"ceiling : {c_rows:,} rows raw executemany in {c_time:.2f} s, peak {c_rss:.0f} MB")
+        print(f"ceiling : {c_rows:,} rows {ceiling_name} in {c_time:.2f} s, peak {c_rss:.0f} MB")
         naive: dict[int, float] = {}
         for every in (1, 5000):
             # Each naive loop starts from the same database pingan started from.
-            naive_db = work / f"naive-{every}.db"
-            shutil.copy(fresh, naive_db)
+            naive_db = dbs.copy("fresh", f"naive-{every}")
             _, n_time, n_rows, n_rss = _child(run_naive, naive_db, naive_rows, every)
             scaled = n_time * queued / max(n_rows, 1)
             naive[every] = scaled
@@ -248,15 +272,17 @@ def main() -> None:
                 f"peak {n_rss:.0f} MB"
             )
         print()
-        print(f"pingan / ceiling time : {p_time / c_time:.2f}x  (target <= 1.5x)")
+        target = "1.3x" if dbs.postgres else "1.5x"
+        print(f"pingan / ceiling time : {p_time / c_time:.2f}x  (target <= {target})")
         for every, t in naive.items():
             print(f"naive (commit every {every}) / pingan time : {t / p_time:.1f}x")
         print(f"pingan peak memory    : {p_rss:.0f} MB  (target <= 150 MB)")
         print(
             f"machine: {platform.platform()}, {os.cpu_count()} CPUs, "
-            f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
+            f"Python {platform.python_version()}, {describe(args.database_url)}"
         )
     finally:
+        dbs.drop_all()
         shutil.rmtree(work, ignore_errors=True)
 
 

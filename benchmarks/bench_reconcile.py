@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import platform
-import sqlite3
 import sys
 import tempfile
 import time
@@ -47,62 +46,77 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stuck", type=int, default=500)
     parser.add_argument("--log-lines", type=int, default=20000)
+    parser.add_argument(
+        "--database-url",
+        help="a PostgreSQL server to run on (a scratch database); default: a SQLite file",
+    )
     args = parser.parse_args()
     configure_logging("json", "WARNING")
+    from benchmarks._db import ScratchDatabases
+
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(
-            data_dir=Path(tmp),
-            config_dir=ROOT / "config",
-            templates_dir=ROOT / "templates" / "messages",
-            sending_hours="00:00-23:59:59",
-        )
-        clock = ManualClock(MONDAY + dt.timedelta(minutes=1))
-        core = Core(settings, clock=clock)
-        add_recipients(core.engine, core.district, args.stuck)
-        core.planner().fire_scheduled(core.campaigns.get("weekly-antifraud"), MONDAY)
-        provider = DryRunProvider(settings.dryrun, settings.dryrun_log_file)
-        # Earlier weeks' lines (other message ids), then half the stuck ones "sent" before
-        # the crash.
-        for i in range(args.log_lines):
-            provider.send(OutboundMessage(10_000_000 + i, "13800000000", "x", "mobile", 1))
-        stuck = delivery.claim_due(core.engine, now=clock(), limit=args.stuck)
-        bodies = delivery.bodies(core.engine, [c.body_id for c in stuck])
-        msgs = [
-            OutboundMessage(c.id, c.phone, bodies[c.body_id], c.carrier, c.segments) for c in stuck
-        ]
-        for m in msgs[::2]:
-            provider.send(m)
-        lookups = [(m, MONDAY) for m in msgs]
+        dbs = ScratchDatabases(Path(tmp), args.database_url)
+        try:
+            _run(args, Path(tmp), dbs.fresh("reconcile"))
+        finally:
+            dbs.drop_all()
 
-        t = time.perf_counter()
-        per_message = Provider.find_sent_many(provider, lookups)
-        per_message_s = time.perf_counter() - t
-        t = time.perf_counter()
-        one_pass = provider.find_sent_many(lookups)
-        one_pass_s = time.perf_counter() - t
-        provider.close()
-        same = [getattr(a, "provider_message_id", None) for a in per_message] == [
-            getattr(a, "provider_message_id", None) for a in one_pass
-        ]
-        found = sum(1 for a in one_pass if a is not None)
 
-        with Session(core.engine) as s, s.begin():
-            s.execute(update(Message).values(state=MessageState.SENDING, status_at=clock()))
-        clock.set(clock() + dt.timedelta(minutes=10))
-        d = Dispatcher(
-            core.engine,
-            DryRunProvider(settings.dryrun, settings.dryrun_log_file),
-            settings,
-            clock=clock,
-        )
-        t = time.perf_counter()
-        stats = d.reconcile()
-        reconcile_s = time.perf_counter() - t
-        d.close()
-        core.close()
+def _run(args: argparse.Namespace, tmp: Path, url: str) -> None:
+    from benchmarks._db import describe
+
+    settings = Settings(
+        data_dir=tmp,
+        database_url=url,
+        config_dir=ROOT / "config",
+        templates_dir=ROOT / "templates" / "messages",
+        sending_hours="00:00-23:59:59",
+    )
+    clock = ManualClock(MONDAY + dt.timedelta(minutes=1))
+    core = Core(settings, clock=clock)
+    add_recipients(core.engine, core.district, args.stuck)
+    core.planner().fire_scheduled(core.campaigns.get("weekly-antifraud"), MONDAY)
+    provider = DryRunProvider(settings.dryrun, settings.dryrun_log_file)
+    # Earlier weeks' lines (other message ids), then half the stuck ones "sent" before
+    # the crash.
+    for i in range(args.log_lines):
+        provider.send(OutboundMessage(10_000_000 + i, "13800000000", "x", "mobile", 1))
+    stuck = delivery.claim_due(core.engine, now=clock(), limit=args.stuck)
+    bodies = delivery.bodies(core.engine, [c.body_id for c in stuck])
+    msgs = [OutboundMessage(c.id, c.phone, bodies[c.body_id], c.carrier, c.segments) for c in stuck]
+    for m in msgs[::2]:
+        provider.send(m)
+    lookups = [(m, MONDAY) for m in msgs]
+
+    t = time.perf_counter()
+    per_message = Provider.find_sent_many(provider, lookups)
+    per_message_s = time.perf_counter() - t
+    t = time.perf_counter()
+    one_pass = provider.find_sent_many(lookups)
+    one_pass_s = time.perf_counter() - t
+    provider.close()
+    same = [getattr(a, "provider_message_id", None) for a in per_message] == [
+        getattr(a, "provider_message_id", None) for a in one_pass
+    ]
+    found = sum(1 for a in one_pass if a is not None)
+
+    with Session(core.engine) as s, s.begin():
+        s.execute(update(Message).values(state=MessageState.SENDING, status_at=clock()))
+    clock.set(clock() + dt.timedelta(minutes=10))
+    d = Dispatcher(
+        core.engine,
+        DryRunProvider(settings.dryrun, settings.dryrun_log_file),
+        settings,
+        clock=clock,
+    )
+    t = time.perf_counter()
+    stats = d.reconcile()
+    reconcile_s = time.perf_counter() - t
+    d.close()
+    core.close()
 
     print(
-        f"{dt.date.today()}; {platform.python_version()}, SQLite {sqlite3.sqlite_version}; "
+        f"{dt.date.today()}; {platform.python_version()}, {describe(args.database_url)}; "
         f"{args.stuck} stuck, log {args.log_lines + args.stuck // 2 + args.stuck % 2} lines "
         f"before the crash"
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+PG_URL = os.environ.get("PINGAN_TEST_POSTGRES_URL", "")
 
 
 def _free_port() -> int:
@@ -50,6 +51,7 @@ def _run(args: list[str], tmp_path: Path) -> str:
         ),
         ("bench_import.py", ["--rows", "2000"], "import / baseline"),
         ("bench_expand.py", ["--recipients", "2000", "--naive", "50"], "pingan / ceiling"),
+        ("bench_reconcile.py", ["--stuck", "50", "--log-lines", "200"], "reconcile"),
     ],
 )
 def test_benchmark_runs_at_tiny_size(
@@ -79,3 +81,22 @@ def test_dispatch_benchmark_runs_at_tiny_size(tmp_path: Path) -> None:
         tmp_path,
     )
     assert "pingan / ceiling" in out
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not PG_URL, reason="no PostgreSQL server (set PINGAN_TEST_POSTGRES_URL)")
+@pytest.mark.parametrize(
+    ("script", "args", "expect"),
+    [
+        ("bench_import.py", ["--rows", "2000"], "import / COPY"),
+        ("bench_expand.py", ["--recipients", "2000", "--naive", "50"], "pingan / ceiling"),
+        ("bench_reconcile.py", ["--stuck", "50", "--log-lines", "200"], "reconcile"),
+    ],
+)
+def test_benchmark_runs_on_postgres(
+    script: str, args: list[str], expect: str, tmp_path: Path
+) -> None:
+    """The same scripts on PostgreSQL, each in scratch databases it drops again."""
+    out = _run([f"benchmarks/{script}", *args, "--database-url", PG_URL], tmp_path)
+    assert expect in out
+    assert "PostgreSQL" in out or script == "bench_reconcile.py"
