@@ -52,6 +52,7 @@ def _run(args: list[str], tmp_path: Path) -> str:
         ("bench_import.py", ["--rows", "2000"], "import / baseline"),
         ("bench_expand.py", ["--recipients", "2000", "--naive", "50"], "pingan / ceiling"),
         ("bench_reconcile.py", ["--stuck", "50", "--log-lines", "200"], "reconcile"),
+        ("bench_expand_process.py", ["--recipients", "500"], "pingan / raw"),
     ],
 )
 def test_benchmark_runs_at_tiny_size(
@@ -91,6 +92,7 @@ def test_dispatch_benchmark_runs_at_tiny_size(tmp_path: Path) -> None:
         ("bench_import.py", ["--rows", "2000"], "import / COPY"),
         ("bench_expand.py", ["--recipients", "2000", "--naive", "50"], "pingan / ceiling"),
         ("bench_reconcile.py", ["--stuck", "50", "--log-lines", "200"], "reconcile"),
+        ("bench_expand_process.py", ["--recipients", "500"], "pingan / raw"),
     ],
 )
 def test_benchmark_runs_on_postgres(
