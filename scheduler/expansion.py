@@ -173,6 +173,62 @@ class Expander:
         assert campaign.template
         return {"": self.catalogue.require_approved(campaign.template)}
 
+    def _write_by_select(
+        self,
+        info: TemplateInfo,
+        summary: outbox.ChunkSummary,
+        bodies: dict[tuple[Any, ...], tuple[int, int] | TemplateError],
+        extra: dict[str, Any],
+        max_segments: int | None,
+        renders: _RenderStats,
+        *,
+        occ_id: int,
+        rank: int,
+        queued_at: Any,
+        not_before: Any,
+        cap: WeeklyCap,
+        expect_cursor: int,
+        excluded: Counter[str],
+    ) -> outbox.ChunkWritten | None:
+        """Write one chunk by `INSERT … SELECT`, its places' texts rendered first; None when
+        one of them failed to render, so the chunk goes row by row and excludes exactly those
+        residents as `render_error`."""
+        by_town = "town" in info.variables
+        by_village = "village" in info.variables
+        places: list[tuple[str, str, int, int]] = []
+        counted: Counter[str] = Counter()
+        eligible = 0
+        for town, village, residents, opted in summary.groups:
+            if (town, village) not in self._pairs:
+                counted[INVALID] += residents
+                continue
+            if opted:
+                counted[OPTED_OUT] += opted
+            if residents == opted:
+                continue
+            key = (info.name, town if by_town else None, village if by_village else None, None)
+            body = bodies.get(key)
+            if body is None:
+                place = RecipientRow(0, "", None, town, village, "", None, (), False)
+                body = self._body(info, place, bodies, extra, max_segments, renders)
+            if isinstance(body, TemplateError):
+                return None
+            places.append((town, village, body[0], body[1]))
+            eligible += residents - opted
+        return outbox.write_capped_select(
+            self.engine,
+            occ_id,
+            bodies=places,
+            eligible=eligible,
+            rank=rank,
+            queued_at=queued_at,
+            not_before=not_before,
+            cap=cap,
+            expect_cursor=expect_cursor,
+            cursor=summary.hi,
+            excluded=dict(excluded + counted),
+        )
+
     @staticmethod
     def _has_filters(campaign: Campaign, target: dict[str, Any]) -> bool:
         """Whether `_in_audience` can refuse anyone (most campaigns reach every resident)."""
@@ -244,109 +300,150 @@ class Expander:
             for info in templates.values()
         }
         cap_n = self.weekly_cap
-        # An occurrence aimed at one town or village (a top-up, a local-case alert) reads only
-        # its residents; `_in_audience` still checks every row.
-        for batch in outbox.iter_recipient_pages(
-            self.engine,
-            after_id=occ.cursor,
-            batch_size=self.chunk_size,
-            town_id=target.get("town"),
-            village_id=target.get("village"),
-        ):
-            lo, hi = batch[0][0], batch[-1][0]
-            # A first look without the lock spares rendering for residents already at the cap;
-            # the chunk's write checks again under it.
-            counts = outbox.messages_per_recipient(
-                self.engine,
-                outbox.sms_occurrences_between(self.engine, week_from, week_to, exclude=occ.id),
-                lo,
-                hi,
-            )
-            reached = (
-                outbox.recipients_messaged(
+        # A template without per-recipient text, for everyone, without a limit: each chunk is
+        # one INSERT … SELECT (see `outbox.write_capped_select`); otherwise rows are built here.
+        by_select = (
+            single is not None
+            and not body_keys[single.name][2]
+            and not filtered
+            and limit is None
+            and topup_window is None
+        )
+        while True:
+            written: outbox.ChunkWritten | None = None
+            if by_select:
+                assert single is not None
+                summary = outbox.summarise_chunk(
+                    self.engine, after_id=cursor, batch_size=self.chunk_size
+                )
+                if summary is None:
+                    break
+                hi, n_read = summary.hi, summary.read
+                written = self._write_by_select(
+                    single,
+                    summary,
+                    bodies,
+                    extra,
+                    max_segments,
+                    renders,
+                    occ_id=occ_id,
+                    rank=rank,
+                    queued_at=stored_time(self.clock()),
+                    not_before=not_before,
+                    cap=cap,
+                    expect_cursor=cursor,
+                    excluded=excluded,
+                )
+            if written is None:
+                # An occurrence aimed at one town or village (a top-up, a local-case alert)
+                # reads only its residents; `_in_audience` still checks every row.
+                batch = next(
+                    outbox.iter_recipient_pages(
+                        self.engine,
+                        after_id=cursor,
+                        batch_size=self.chunk_size,
+                        town_id=target.get("town"),
+                        village_id=target.get("village"),
+                    ),
+                    None,
+                )
+                if batch is None:
+                    break
+                n_read = len(batch)
+                lo, hi = batch[0][0], batch[-1][0]
+                # A first look without the lock spares rendering for residents already at the cap;
+                # the chunk's write checks again under it.
+                counts = outbox.messages_per_recipient(
                     self.engine,
-                    town_id=target["town"],
-                    start=topup_window[0],
-                    end=topup_window[1],
-                    lo=lo,
-                    hi=hi,
+                    outbox.sms_occurrences_between(self.engine, week_from, week_to, exclude=occ.id),
+                    lo,
+                    hi,
                 )
-                if topup_window
-                else set()
-            )
-            queued_at = stored_time(self.clock())
-            room = None if limit is None else limit - queued_so_far
-            rows: list[tuple[Any, ...]] = []
-            for r in batch:
-                rid, phone, _name, town, village, carrier, _res, segs, opted = r
-                info = single
-                reason: str | None = None
-                if (town, village) not in pairs:
-                    reason = INVALID
-                elif filtered and not self._in_audience(campaign, occ, _recipient(r)):
-                    reason = OUTSIDE_AUDIENCE
-                else:
-                    if info is None:
-                        info = next(
-                            (templates[x] for x in outbox.segments_of(segs) if x in templates),
-                            None,
-                        )
-                    if info is None:
+                reached = (
+                    outbox.recipients_messaged(
+                        self.engine,
+                        town_id=target["town"],
+                        start=topup_window[0],
+                        end=topup_window[1],
+                        lo=lo,
+                        hi=hi,
+                    )
+                    if topup_window
+                    else set()
+                )
+                queued_at = stored_time(self.clock())
+                room = None if limit is None else limit - queued_so_far
+                rows: list[tuple[Any, ...]] = []
+                for r in batch:
+                    rid, phone, _name, town, village, carrier, _res, segs, opted = r
+                    info = single
+                    reason: str | None = None
+                    if (town, village) not in pairs:
+                        reason = INVALID
+                    elif filtered and not self._in_audience(campaign, occ, _recipient(r)):
                         reason = OUTSIDE_AUDIENCE
-                    elif opted:
-                        reason = OPTED_OUT
-                    elif reached and rid in reached:
-                        reason = ALREADY_REACHED
-                    elif counts and counts.get(rid, 0) >= cap_n:
-                        reason = OVER_CAP
-                    elif room is not None and len(rows) >= room:
-                        reason = OVER_LIMIT
-                if reason is not None:
-                    excluded[reason] += 1
-                    continue
-                assert info is not None
-                by_town, by_village, per_recipient = body_keys[info.name]
-                body = bodies.get(
-                    (
-                        info.name,
-                        town if by_town else None,
-                        village if by_village else None,
-                        rid if per_recipient else None,
+                    else:
+                        if info is None:
+                            info = next(
+                                (templates[x] for x in outbox.segments_of(segs) if x in templates),
+                                None,
+                            )
+                        if info is None:
+                            reason = OUTSIDE_AUDIENCE
+                        elif opted:
+                            reason = OPTED_OUT
+                        elif reached and rid in reached:
+                            reason = ALREADY_REACHED
+                        elif counts and counts.get(rid, 0) >= cap_n:
+                            reason = OVER_CAP
+                        elif room is not None and len(rows) >= room:
+                            reason = OVER_LIMIT
+                    if reason is not None:
+                        excluded[reason] += 1
+                        continue
+                    assert info is not None
+                    by_town, by_village, per_recipient = body_keys[info.name]
+                    body = bodies.get(
+                        (
+                            info.name,
+                            town if by_town else None,
+                            village if by_village else None,
+                            rid if per_recipient else None,
+                        )
                     )
-                )
-                if body is None:
-                    body = self._body(info, _recipient(r), bodies, extra, max_segments, renders)
-                if isinstance(body, TemplateError):
-                    excluded[RENDER_ERROR] += 1
-                    continue
-                rows.append(
-                    (
-                        occ_id,
-                        rid,
-                        phone,
-                        town,
-                        village,
-                        carrier,
-                        body[0],
-                        body[1],
-                        rank,
-                        queued_at,
-                        not_before,
+                    if body is None:
+                        body = self._body(info, _recipient(r), bodies, extra, max_segments, renders)
+                    if isinstance(body, TemplateError):
+                        excluded[RENDER_ERROR] += 1
+                        continue
+                    rows.append(
+                        (
+                            occ_id,
+                            rid,
+                            phone,
+                            town,
+                            village,
+                            carrier,
+                            body[0],
+                            body[1],
+                            rank,
+                            queued_at,
+                            not_before,
+                        )
                     )
+                if renders.failed and not renders.ok:
+                    # Nothing has rendered at all: the template is broken, not one recipient's text.
+                    raise ExpansionFailed(renders.summary(_template_names(templates)))
+                written = outbox.write_capped_rows(
+                    self.engine,
+                    occ.id,
+                    rows,
+                    cap=cap,
+                    expect_cursor=cursor,
+                    cursor=hi,
+                    excluded=dict(excluded),
+                    room=None if limit is None else max(limit - queued_so_far, 0),
                 )
-            if renders.failed and not renders.ok:
-                # Nothing has rendered at all: the template is broken, not one recipient's text.
-                raise ExpansionFailed(renders.summary(_template_names(templates)))
-            written = outbox.write_capped_rows(
-                self.engine,
-                occ.id,
-                rows,
-                cap=cap,
-                expect_cursor=cursor,
-                cursor=hi,
-                excluded=dict(excluded),
-                room=None if limit is None else max(limit - queued_so_far, 0),
-            )
             if written.stale:
                 bound.warning("occurrence.expanded_elsewhere", cursor=cursor)
                 return ExpansionResult(
@@ -361,7 +458,7 @@ class Expander:
             excluded = Counter(written.excluded)
             queued_so_far += written.written
             if self.on_progress is not None:
-                self.on_progress(len(batch))
+                self.on_progress(n_read)
             bound.debug("occurrence.chunk", cursor=hi, rows=written.written)
             if self.stop.is_set():
                 bound.info("occurrence.interrupted", cursor=hi, queued=queued_so_far)

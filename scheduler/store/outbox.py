@@ -517,6 +517,112 @@ def _copy_queued(s: Session, rows: Sequence[tuple[Any, ...]]) -> None:
             copy.write_row((*r, "queued", 0))
 
 
+class ChunkSummary(NamedTuple):
+    """One keyset chunk of recipients, counted per (town, village) instead of read row by row."""
+
+    hi: int
+    read: int
+    # (town_id, village_id, residents, of whom opted out)
+    groups: list[tuple[str, str, int, int]]
+
+
+def summarise_chunk(engine: Engine, *, after_id: int, batch_size: int) -> ChunkSummary | None:
+    """The next chunk's last id and its residents per place, or None when none are left."""
+    p = "?" if engine.dialect.name == "sqlite" else "%s"
+    with engine.connect() as conn:
+        hi = conn.exec_driver_sql(
+            f"SELECT max(id) FROM (SELECT id FROM recipients WHERE id > {p} ORDER BY id "
+            f"LIMIT {p}) page",
+            (after_id, batch_size),
+        ).scalar()
+        if hi is None:
+            return None
+        groups = conn.exec_driver_sql(
+            "SELECT r.town_id, r.village_id, count(*), count(o.phone) FROM recipients r "
+            f"LEFT OUTER JOIN opt_outs o ON o.phone = r.phone WHERE r.id > {p} AND r.id <= {p} "
+            "GROUP BY r.town_id, r.village_id",
+            (after_id, hi),
+        ).all()
+    rows = [(str(g[0]), str(g[1]), int(g[2]), int(g[3])) for g in groups]
+    return ChunkSummary(int(hi), sum(g[2] for g in rows), rows)
+
+
+def write_capped_select(
+    engine: Engine,
+    occurrence_id: int,
+    *,
+    bodies: Sequence[tuple[str, str, int, int]],
+    eligible: int,
+    rank: int,
+    queued_at: Any,
+    not_before: Any,
+    cap: WeeklyCap,
+    expect_cursor: int,
+    cursor: int,
+    excluded: dict[str, int],
+) -> ChunkWritten:
+    """`write_capped_rows` as one `INSERT … SELECT` for a template with no per-recipient
+    variable: the database reads, filters and writes the chunk without a row crossing into
+    Python. `bodies` are (town, village, body id, segments) for every place of the chunk
+    whose text rendered; residents opted out, elsewhere or at the cap are not selected, and
+    `eligible` (the chunk's residents in those places, not opted out) minus the rows written
+    is counted OVER_CAP. The same transaction, lock and cursor check as `write_capped_rows`.
+    """
+    pg = engine.dialect.name == "postgresql"
+    p = "%s" if pg else "?"
+    with transaction(engine) as s:
+        lock_weekly_cap(s, cap.start.date())
+        if not pg:
+            s.connection().exec_driver_sql(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
+        current = s.scalar(select(Occurrence.cursor).where(Occurrence.id == occurrence_id))
+        if current != expect_cursor:
+            return ChunkWritten(0, dict(excluded), stale=True)
+        total = dict(excluded)
+        written = 0
+        if bodies:
+            others = _sms_occurrences_between(s, cap.start, cap.end, exclude=occurrence_id)
+            places = ", ".join(
+                [f"({p}, {p}, CAST({p} AS INTEGER), CAST({p} AS INTEGER))"] * len(bodies)
+            )
+            capped = ""
+            params: list[Any] = [x for b in bodies for x in b]
+            params += [occurrence_id, rank, queued_at, not_before, expect_cursor, cursor]
+            if others:
+                capped = (
+                    " AND (SELECT count(*) FROM messages m WHERE m.recipient_id = r.id"
+                    f" AND m.occurrence_id IN ({', '.join([p] * len(others))})"
+                    f" AND m.state != 'cancelled') < {p}"
+                )
+                params += [*others, cap.cap]
+            sql = (
+                f"WITH b(town_id, village_id, body_id, segments) AS (VALUES {places}) "
+                "INSERT INTO messages (occurrence_id, recipient_id, phone, town_id, village_id, "
+                "carrier, body_id, segments, rank, queued_at, next_attempt_at, state, attempts) "
+                f"SELECT {p}, r.id, r.phone, r.town_id, r.village_id, r.carrier, b.body_id, "
+                f"b.segments, {p}, {p}, {p}, 'queued', 0 FROM recipients r "
+                "JOIN b ON b.town_id = r.town_id AND b.village_id = r.village_id "
+                f"WHERE r.id > {p} AND r.id <= {p} "
+                "AND NOT EXISTS (SELECT 1 FROM opt_outs o WHERE o.phone = r.phone)"
+                f"{capped} ORDER BY r.id "
+                "ON CONFLICT (occurrence_id, recipient_id) DO NOTHING"
+            )
+            result = s.connection().exec_driver_sql(sql, tuple(params))
+            # sqlite3 reports no rowcount for a statement that starts with WITH.
+            written = (
+                int(result.rowcount)
+                if pg
+                else int(s.connection().exec_driver_sql("SELECT changes()").scalar_one())
+            )
+        if eligible > written:
+            total[OVER_CAP] = total.get(OVER_CAP, 0) + eligible - written
+        s.execute(
+            update(Occurrence)
+            .where(Occurrence.id == occurrence_id)
+            .values(cursor=cursor, excluded=total)
+        )
+    return ChunkWritten(written, total)
+
+
 def reopen_failed(engine: Engine, occurrence_id: int) -> bool:
     """A failed occurrence back to `expanding`, to resume from its cursor; False if it was not
     failed (so two retries at once cannot both run it)."""
