@@ -388,6 +388,15 @@ _INSERT_QUEUED = (
 
 _CHECKPOINT_PAGES = 10_000
 
+
+def _tune_chunk_transaction(s: Session) -> None:
+    """On SQLite, checkpoint the WAL every ~40 MB, not every 4 MB: each checkpoint syncs the
+    database file, and a million-message expansion commits two hundred chunks."""
+    conn = s.connection()
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
+
+
 # Exclusion reasons decided while the chunk holds the weekly-cap lock.
 OVER_CAP = "over_cap"
 OVER_LIMIT = "over_limit"
@@ -462,10 +471,7 @@ def write_capped_rows(
     """
     with transaction(engine) as s:
         lock_weekly_cap(s, cap.start.date())
-        if engine.dialect.name == "sqlite":
-            # Checkpoint the WAL every ~40 MB, not every 4 MB: each checkpoint syncs the
-            # database file, and a million-message expansion commits two hundred chunks.
-            s.connection().exec_driver_sql(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
+        _tune_chunk_transaction(s)
         current = s.scalar(select(Occurrence.cursor).where(Occurrence.id == occurrence_id))
         if current != expect_cursor:
             return ChunkWritten(0, dict(excluded), stale=True)
@@ -572,8 +578,7 @@ def write_capped_select(
     p = "%s" if pg else "?"
     with transaction(engine) as s:
         lock_weekly_cap(s, cap.start.date())
-        if not pg:
-            s.connection().exec_driver_sql(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
+        _tune_chunk_transaction(s)
         current = s.scalar(select(Occurrence.cursor).where(Occurrence.id == occurrence_id))
         if current != expect_cursor:
             return ChunkWritten(0, dict(excluded), stale=True)
