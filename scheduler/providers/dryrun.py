@@ -1,7 +1,8 @@
 """The dry-run provider: one JSON line per message, and simulated delivery outcomes.
 
 It lets everything downstream (statuses, quotas, reports, the simulator) work without an
-account. Numbers are masked in the log unless PINGAN_DRYRUN__SHOW_NUMBERS is set.
+account. Numbers are masked in the log unless PINGAN_DRYRUN__SHOW_NUMBERS is set. It speaks
+only the neutral vocabulary, and its two simulated error codes are its own (CATALOGUE).
 """
 
 from __future__ import annotations
@@ -15,15 +16,46 @@ from pathlib import Path
 from typing import TextIO
 
 from scheduler.phones import mask
-from scheduler.providers.base import Accepted, OutboundMessage, Provider, SendError
-from scheduler.settings import DryRunSettings
+from scheduler.providers.base import (
+    Accepted,
+    DeliveryStatus,
+    ErrorInfo,
+    OutboundMessage,
+    Provider,
+    SendError,
+)
+from scheduler.settings import DryRunSettings, Settings
+
+UNDELIVERED = "DRYRUN-UNDELIVERED"
+FAILED = "DRYRUN-FAILED"
+CATALOGUE = {
+    UNDELIVERED: ErrorInfo(
+        kind="permanent", meaning="Simulated: not delivered to the handset / 模拟：未送达"
+    ),
+    FAILED: ErrorInfo(kind="permanent", meaning="Simulated: carrier failure / 模拟：运营商失败"),
+}
+
+_SIMULATED_CODE = {
+    DeliveryStatus.UNDELIVERED.value: UNDELIVERED,
+    DeliveryStatus.FAILED.value: FAILED,
+}
 
 
 class DryRunProvider(Provider):
     name = "dryrun"
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DryRunProvider:
+        return cls(settings.dryrun, settings.dryrun_log_file)
+
+    @classmethod
+    def catalogue(cls, config_dir: Path) -> dict[str, ErrorInfo]:
+        return dict(CATALOGUE)
+
     def __init__(self, settings: DryRunSettings, log_file: Path) -> None:
         self.settings = settings
+        # A rehearsal talks to no carrier: paced only if asked (PINGAN_DRYRUN__RATE_LIMITED).
+        self.paced = settings.rate_limited
         self.log_file = log_file
         self._fh: TextIO | None = None
         if settings.write_log:
@@ -34,7 +66,7 @@ class DryRunProvider(Provider):
         self._uuid_rng = random.Random(settings.seed)
         self._unflushed = 0
 
-    def _outcome(self, carrier: str) -> tuple[str, str | None]:
+    def _outcome(self, carrier: str) -> tuple[DeliveryStatus, str | None]:
         s = self.settings
         delivered = s.delivered_share_by_carrier.get(carrier, s.delivered_share)
         rest = max(0.0, 1.0 - delivered)
@@ -42,17 +74,17 @@ class DryRunProvider(Provider):
         undelivered = rest * (s.undelivered_share / other) if other else rest
         x = self._rng.random()
         if x < delivered:
-            return "delivered", None
+            return DeliveryStatus.DELIVERED, None
         if x < delivered + undelivered:
-            return "undelivered", "30005"
-        return "failed", "30008"
+            return DeliveryStatus.UNDELIVERED, UNDELIVERED
+        return DeliveryStatus.FAILED, FAILED
 
     def send(self, msg: OutboundMessage) -> Accepted:
         with self._lock:
             status, code = self._outcome(msg.carrier)
             sid = f"DR{self._uuid_rng.getrandbits(128):032x}"
             if self._fh is None:
-                return Accepted(sid, "sent", final_status=status, error_code=code)
+                return Accepted(sid, DeliveryStatus.SENT, final_status=status, error_code=code)
             line = {
                 "sid": sid,
                 "message_id": msg.id,
@@ -70,7 +102,7 @@ class DryRunProvider(Provider):
             if self._unflushed >= 1000:
                 self._fh.flush()
                 self._unflushed = 0
-        return Accepted(sid, "sent", final_status=status, error_code=code)
+        return Accepted(sid, DeliveryStatus.SENT, final_status=status, error_code=code)
 
     def find_sent(self, msg: OutboundMessage, since: dt.datetime) -> Accepted | None:
         """Look the message up in the log: the log is the dry-run provider's own record."""
@@ -96,8 +128,12 @@ class DryRunProvider(Provider):
                         continue
                     mid = line.get("message_id") if isinstance(line, dict) else None
                     if mid in wanted and mid not in found:
+                        simulated = line.get("simulated_status")
                         found[mid] = Accepted(
-                            line["sid"], "sent", final_status=line.get("simulated_status")
+                            line["sid"],
+                            DeliveryStatus.SENT,
+                            final_status=DeliveryStatus(simulated) if simulated else None,
+                            error_code=_SIMULATED_CODE.get(simulated or ""),
                         )
                         if len(found) == len(wanted):
                             break
