@@ -7,7 +7,9 @@ only the neutral vocabulary, and its two simulated error codes are its own (CATA
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
+import enum
 import json
 import random
 import threading
@@ -20,6 +22,7 @@ from scheduler.providers.base import (
     Accepted,
     DeliveryStatus,
     ErrorInfo,
+    ErrorKind,
     OutboundMessage,
     Provider,
     SendError,
@@ -33,6 +36,45 @@ CATALOGUE = {
         kind="permanent", meaning="Simulated: not delivered to the handset / 模拟：未送达"
     ),
     FAILED: ErrorInfo(kind="permanent", meaning="Simulated: carrier failure / 模拟：运营商失败"),
+    # Codes of the faults a rehearsal injects (DryRunProvider.inject).
+    "DRYRUN-BUSY": ErrorInfo(
+        kind="transient", retry_after_seconds=1, meaning="Simulated: busy / 模拟：繁忙，稍后重试"
+    ),
+    "DRYRUN-INVALID": ErrorInfo(
+        kind="permanent", meaning="Simulated: invalid number / 模拟：号码无效"
+    ),
+    "DRYRUN-REFUSED": ErrorInfo(
+        kind="permanent", opt_out=True, meaning="Simulated: recipient refused / 模拟：用户已退订"
+    ),
+    "DRYRUN-NOT-APPROVED": ErrorInfo(
+        kind="permanent",
+        halt=True,
+        meaning="Simulated: template not approved / 模拟：模板未审核通过，整个活动暂停",
+    ),
+    "DRYRUN-LOST": ErrorInfo(
+        kind="permanent", meaning="Simulated: answer lost / 模拟：应答丢失，需查询"
+    ),
+}
+
+
+class Fault(enum.StrEnum):
+    """A fault the next send meets (a rehearsal of a failing gateway; the contract suite)."""
+
+    TRANSIENT = "transient"  # never processed: DRYRUN-BUSY
+    PERMANENT = "permanent"  # DRYRUN-INVALID
+    OPT_OUT = "opt_out"  # DRYRUN-REFUSED: the number is opted out
+    HALT = "halt"  # DRYRUN-NOT-APPROVED: the whole campaign stops
+    UNCERTAIN_SENT = "uncertain_sent"  # logged (sent), then the answer is lost
+    UNCERTAIN_UNSENT = "uncertain_unsent"  # the answer is lost and nothing was logged
+
+
+_FAULT_CODE = {
+    Fault.TRANSIENT: "DRYRUN-BUSY",
+    Fault.PERMANENT: "DRYRUN-INVALID",
+    Fault.OPT_OUT: "DRYRUN-REFUSED",
+    Fault.HALT: "DRYRUN-NOT-APPROVED",
+    Fault.UNCERTAIN_SENT: "DRYRUN-LOST",
+    Fault.UNCERTAIN_UNSENT: "DRYRUN-LOST",
 }
 
 _SIMULATED_CODE = {
@@ -65,6 +107,27 @@ class DryRunProvider(Provider):
         self._rng = random.Random(settings.seed)
         self._uuid_rng = random.Random(settings.seed)
         self._unflushed = 0
+        self._faults: collections.deque[Fault] = collections.deque()
+
+    def inject(self, *faults: Fault) -> None:
+        """The next sends meet these faults, one each, in order."""
+        with self._lock:
+            self._faults.extend(faults)
+
+    def _fault_error(self, fault: Fault) -> SendError:
+        code = _FAULT_CODE[fault]
+        info = CATALOGUE[code]
+        if fault in (Fault.UNCERTAIN_SENT, Fault.UNCERTAIN_UNSENT):
+            return SendError("simulated lost answer", kind=ErrorKind.UNCERTAIN, code=code)
+        return SendError(
+            f"simulated error {code}",
+            kind=ErrorKind(info.kind),
+            code=code,
+            retry_after=info.retry_after_seconds,
+            opted_out=info.opt_out,
+            halt=info.halt,
+            meaning=info.meaning,
+        )
 
     def _outcome(self, carrier: str) -> tuple[DeliveryStatus, str | None]:
         s = self.settings
@@ -81,9 +144,14 @@ class DryRunProvider(Provider):
 
     def send(self, msg: OutboundMessage) -> Accepted:
         with self._lock:
+            fault = self._faults.popleft() if self._faults else None
+            if fault is not None and fault != Fault.UNCERTAIN_SENT:
+                raise self._fault_error(fault)
             status, code = self._outcome(msg.carrier)
             sid = f"DR{self._uuid_rng.getrandbits(128):032x}"
             if self._fh is None:
+                if fault is not None:  # no log, no record: as if nothing had gone out
+                    raise self._fault_error(Fault.UNCERTAIN_UNSENT)
                 return Accepted(sid, DeliveryStatus.SENT, final_status=status, error_code=code)
             line = {
                 "sid": sid,
@@ -97,6 +165,10 @@ class DryRunProvider(Provider):
             }
             self._fh.write(json.dumps(line, ensure_ascii=False) + "\n")
             self._unflushed += 1
+            if fault is not None:  # UNCERTAIN_SENT: it is in the log; the answer is lost
+                self._fh.flush()
+                self._unflushed = 0
+                raise self._fault_error(fault)
             # A line not yet flushed when the process dies was, in effect, never sent: the
             # dispatcher's reconciliation will not find it and sends it again, once.
             if self._unflushed >= 1000:
