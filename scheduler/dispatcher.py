@@ -536,7 +536,7 @@ class Dispatcher:
         lookups = [
             (self._outbound(c), (since or now) - dt.timedelta(seconds=5)) for c, since in stuck
         ]
-        # One lookup call for them all: the dry-run provider reads its log once, not per message.
+        # One lookup call for them all: a provider may answer them in one pass.
         found = self.provider.find_sent_many(lookups)
         outcomes = [
             self._settled(c, f, None, "left sending by a crash", immediate=True)

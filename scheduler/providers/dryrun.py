@@ -29,29 +29,27 @@ from scheduler.providers.base import (
 )
 from scheduler.settings import DryRunSettings, Settings
 
-UNDELIVERED = "DRYRUN-UNDELIVERED"
-FAILED = "DRYRUN-FAILED"
+UNDELIVERED = "DR-UNDELIVERED"
+FAILED = "DR-FAILED"
 CATALOGUE = {
     UNDELIVERED: ErrorInfo(
         kind="permanent", meaning="Simulated: not delivered to the handset / 模拟：未送达"
     ),
     FAILED: ErrorInfo(kind="permanent", meaning="Simulated: carrier failure / 模拟：运营商失败"),
     # Codes of the faults a rehearsal injects (DryRunProvider.inject).
-    "DRYRUN-BUSY": ErrorInfo(
+    "DR-BUSY": ErrorInfo(
         kind="transient", retry_after_seconds=1, meaning="Simulated: busy / 模拟：繁忙，稍后重试"
     ),
-    "DRYRUN-INVALID": ErrorInfo(
-        kind="permanent", meaning="Simulated: invalid number / 模拟：号码无效"
-    ),
-    "DRYRUN-REFUSED": ErrorInfo(
+    "DR-INVALID": ErrorInfo(kind="permanent", meaning="Simulated: invalid number / 模拟：号码无效"),
+    "DR-REFUSED": ErrorInfo(
         kind="permanent", opt_out=True, meaning="Simulated: recipient refused / 模拟：用户已退订"
     ),
-    "DRYRUN-NOT-APPROVED": ErrorInfo(
+    "DR-UNAPPROVED": ErrorInfo(
         kind="permanent",
         halt=True,
         meaning="Simulated: template not approved / 模拟：模板未审核通过，整个活动暂停",
     ),
-    "DRYRUN-LOST": ErrorInfo(
+    "DR-LOST": ErrorInfo(
         kind="permanent", meaning="Simulated: answer lost / 模拟：应答丢失，需查询"
     ),
 }
@@ -60,21 +58,21 @@ CATALOGUE = {
 class Fault(enum.StrEnum):
     """A fault the next send meets (a rehearsal of a failing gateway; the contract suite)."""
 
-    TRANSIENT = "transient"  # never processed: DRYRUN-BUSY
-    PERMANENT = "permanent"  # DRYRUN-INVALID
-    OPT_OUT = "opt_out"  # DRYRUN-REFUSED: the number is opted out
-    HALT = "halt"  # DRYRUN-NOT-APPROVED: the whole campaign stops
+    TRANSIENT = "transient"  # never processed: DR-BUSY
+    PERMANENT = "permanent"  # DR-INVALID
+    OPT_OUT = "opt_out"  # DR-REFUSED: the number is opted out
+    HALT = "halt"  # DR-UNAPPROVED: the whole campaign stops
     UNCERTAIN_SENT = "uncertain_sent"  # logged (sent), then the answer is lost
     UNCERTAIN_UNSENT = "uncertain_unsent"  # the answer is lost and nothing was logged
 
 
 _FAULT_CODE = {
-    Fault.TRANSIENT: "DRYRUN-BUSY",
-    Fault.PERMANENT: "DRYRUN-INVALID",
-    Fault.OPT_OUT: "DRYRUN-REFUSED",
-    Fault.HALT: "DRYRUN-NOT-APPROVED",
-    Fault.UNCERTAIN_SENT: "DRYRUN-LOST",
-    Fault.UNCERTAIN_UNSENT: "DRYRUN-LOST",
+    Fault.TRANSIENT: "DR-BUSY",
+    Fault.PERMANENT: "DR-INVALID",
+    Fault.OPT_OUT: "DR-REFUSED",
+    Fault.HALT: "DR-UNAPPROVED",
+    Fault.UNCERTAIN_SENT: "DR-LOST",
+    Fault.UNCERTAIN_UNSENT: "DR-LOST",
 }
 
 _SIMULATED_CODE = {
