@@ -173,7 +173,7 @@ class Provider(abc.ABC):
 
     name: ClassVar[str]
     # The most numbers one `send_batch` call takes (1: the dispatcher sends one by one).
-    max_batch: ClassVar[int] = 1
+    max_batch: int = 1
     # Held to the dispatch rate limits (a real carrier is; a rehearsal need not be).
     paced: bool = True
 

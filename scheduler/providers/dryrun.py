@@ -92,8 +92,10 @@ class DryRunProvider(Provider):
     def catalogue(cls, config_dir: Path) -> dict[str, ErrorInfo]:
         return dict(CATALOGUE)
 
-    def __init__(self, settings: DryRunSettings, log_file: Path) -> None:
+    def __init__(self, settings: DryRunSettings, log_file: Path, *, max_batch: int = 1) -> None:
+        """`max_batch` > 1 rehearses a gateway that takes several numbers per call."""
         self.settings = settings
+        self.max_batch = max_batch
         # A rehearsal talks to no carrier: paced only if asked (PINGAN_DRYRUN__RATE_LIMITED).
         self.paced = settings.rate_limited
         self.log_file = log_file

@@ -358,3 +358,27 @@ def test_receipts_duplicated_and_out_of_order(harness: Harness, settings: Settin
         assert delivered == sum(1 for st in final.values() if st == DeliveryStatus.DELIVERED)
     finally:
         w.close()
+
+
+def test_batched_sends_give_each_number_its_own_result(settings: Settings, tmp_path: Path) -> None:
+    """A gateway taking several numbers per call (issue 14's SendBatchSms, SendSms to 200):
+    the dispatcher hands over chunks of max_batch, and one number's error is that number's."""
+    harness = DryRunHarness(tmp_path)
+    w = World(harness, settings, 12)
+    try:
+        w.dispatcher.close()
+        s = w.settings
+        w.provider = DryRunProvider(s.dryrun, s.dryrun_log_file, max_batch=5)
+        harness._provider = w.provider
+        w.dispatcher = build_dispatcher(w.core, w.provider)
+        w.provider.inject(DryRunFault.TRANSIENT, DryRunFault.PERMANENT)
+        stats = w.dispatcher.run(until_empty=True)
+        assert (len(harness.sent()), stats.failed, stats.retried) == (10, 1, 1)
+        w.clock.now += dt.timedelta(seconds=5)  # the busy number's Retry-After
+        w.dispatcher.run(until_empty=True)
+        rows = w.messages()
+        assert len(set(harness.sent())) == len(harness.sent()) == 11
+        assert sorted(r[1] for r in rows).count(MessageState.FAILED) == 1
+        assert all(r[2] for r in rows if r[1] != MessageState.FAILED)
+    finally:
+        w.close()
