@@ -14,7 +14,7 @@ from scheduler.core import Core
 from scheduler.exceptions import PingAnError
 from scheduler.models import MessageState
 from scheduler.numbers import ratio
-from scheduler.providers.base import error_catalogue
+from scheduler.providers import error_meanings
 from scheduler.store import delivery
 from scheduler.store.optouts import OPTED_OUT
 
@@ -53,7 +53,7 @@ def delivery_stats(core: Core, *, month: str | None, by: str | None) -> dict[str
                 "delivery_rate": None if rate is None else float(rate),
             }
         )
-    catalogue = error_catalogue(core.settings.config_dir)
+    catalogue = error_meanings(core.settings.config_dir)
     errors = [
         {
             "code": code,

@@ -176,16 +176,9 @@ class Service:
             self._shutdown()
 
     def _dispatcher(self) -> Any:
-        from scheduler.dispatcher import Dispatcher
-        from scheduler.providers import make_provider
+        from scheduler.dispatcher import build_dispatcher
 
-        return Dispatcher(
-            self.core.engine,
-            make_provider(self.core.settings),
-            self.core.settings,
-            clock=self.core.clock,
-            stop=self.stop,
-        )
+        return build_dispatcher(self.core, stop=self.stop)
 
     def _dispatch_forever(self) -> None:
         dispatcher = self._dispatcher()

@@ -194,8 +194,7 @@ def _simulate_in(
     began: float,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> SimulationResult:
-    from scheduler.dispatcher import Dispatcher
-    from scheduler.providers import make_provider
+    from scheduler.dispatcher import build_dispatcher
     from scheduler.quotas import load_rules, status, windows
     from scheduler.recipients import import_recipients
     from scheduler.store.delivery import state_counts
@@ -228,8 +227,7 @@ def _simulate_in(
     clock = ManualClock(start)
     core = Core(sim_settings, clock=clock)
     imported = import_recipients(core.engine, core.district, recipients_file)
-    provider = make_provider(sim_settings)
-    dispatcher = Dispatcher(core.engine, provider, sim_settings, clock=clock, stop=core.stop)
+    dispatcher = build_dispatcher(core)
     topups: list[dict[str, Any]] = []
 
     def send_due(_t: dt.datetime) -> None:

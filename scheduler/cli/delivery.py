@@ -20,8 +20,7 @@ from scheduler.cli.common import (
 )
 from scheduler.core import Core
 from scheduler.delivery_stats import STATES, delivery_stats
-from scheduler.dispatcher import Dispatcher, DispatchStats
-from scheduler.providers import make_provider
+from scheduler.dispatcher import DispatchStats, build_dispatcher
 from scheduler.store.delivery import unfinished
 
 app = typer.Typer(help="Delivery: statistics by town, carrier, day or error.", no_args_is_help=True)
@@ -45,8 +44,7 @@ def dispatch(
 ) -> None:
     """Send queued messages through the configured provider (inside the allowed hours)."""
     c = core(ctx)
-    provider = make_provider(c.settings)
-    dispatcher = Dispatcher(c.engine, provider, c.settings, clock=c.clock, stop=c.stop)
+    dispatcher = build_dispatcher(c)
     show_bar = console.is_terminal and fmt != OutputFormat.json
     try:
         with _progress(c, show_bar) as on_batch:
