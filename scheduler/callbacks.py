@@ -52,7 +52,11 @@ class Callbacks:
             phone = form.get("To", "")
             with contextlib.suppress(InvalidPhoneNumber):
                 record_opt_outs(
-                    self.core.engine, [normalize(phone)], source="provider", reason=f"error {code}"
+                    self.core.engine,
+                    [normalize(phone)],
+                    source="provider",
+                    reason=f"error {code}",
+                    now=self.core.clock(),
                 )
         log.info("callback.status", sid=sid, status=status, error_code=code, result=result)
         return result
@@ -76,7 +80,12 @@ class Callbacks:
             log.info("callback.inbound_invalid", sender=mask(form.get("From") or ""))
             return False
         new, cancelled = record_opt_outs_counted(
-            self.core.engine, [phone], source="reply", reason=verdict.rule, reply_text=raw
+            self.core.engine,
+            [phone],
+            source="reply",
+            reason=verdict.rule,
+            reply_text=raw,
+            now=self.core.clock(),
         )
         log.info(
             "callback.opt_out", phone=mask(phone), rule=verdict.rule, new=new, cancelled=cancelled
