@@ -871,5 +871,11 @@ def write_due_report(core: Core, today: dt.date) -> Path | None:
     if path.exists():
         return None
     write_report(build_monthly_report(core, month), path)
-    log.info("report.written", month=month, path=str(path), period=settings.report_period)
+    log.info(
+        "report.written",
+        month=month,
+        path=str(path),
+        period=settings.report_period,
+        day=today.isoformat(),
+    )
     return path
