@@ -44,6 +44,7 @@ class Callbacks:
                     [normalize(report.phone)],
                     source="provider",
                     reason=f"error {report.error_code}",
+                    now=self.core.clock(),
                 )
         log.info(
             "callback.status",
@@ -73,7 +74,12 @@ class Callbacks:
             log.info("callback.inbound_invalid", sender=mask(reply.phone))
             return False
         new, cancelled = record_opt_outs_counted(
-            self.core.engine, [phone], source="reply", reason=verdict.rule, reply_text=raw
+            self.core.engine,
+            [phone],
+            source="reply",
+            reason=verdict.rule,
+            reply_text=raw,
+            now=self.core.clock(),
         )
         log.info(
             "callback.opt_out", phone=mask(phone), rule=verdict.rule, new=new, cancelled=cancelled

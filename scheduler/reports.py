@@ -25,6 +25,7 @@ from scheduler.cell_safety import neutralise_cell
 from scheduler.core import Core
 from scheduler.delivery_stats import delivery_stats, month_bounds
 from scheduler.exceptions import PingAnError
+from scheduler.firings import campaign_name_of
 from scheduler.logs import get_logger
 from scheduler.numbers import half_up
 from scheduler.quotas import (
@@ -233,9 +234,12 @@ def build_monthly_report(core: Core, month: str, town: str | None = None) -> Mon
             case.occurred_at,
             states=store.DELIVERED,
         )
-        by_campaign = store.reach_before(
+        by_campaign: dict[str, int] = {}
+        for key, n in store.reach_before(
             core.engine, case.town_id, case.village_id, before, case.occurred_at
-        )
+        ).items():
+            name = campaign_name_of(key, core.campaigns.by_name) or key
+            by_campaign[name] = by_campaign.get(name, 0) + n
         t_obj = district.towns_by_id.get(case.town_id)
         v_name = next(
             (v.name for v in (t_obj.villages if t_obj else ()) if v.id == case.village_id),
@@ -867,5 +871,11 @@ def write_due_report(core: Core, today: dt.date) -> Path | None:
     if path.exists():
         return None
     write_report(build_monthly_report(core, month), path)
-    log.info("report.written", month=month, path=str(path), period=settings.report_period)
+    log.info(
+        "report.written",
+        month=month,
+        path=str(path),
+        period=settings.report_period,
+        day=today.isoformat(),
+    )
     return path

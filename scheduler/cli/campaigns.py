@@ -137,6 +137,7 @@ def run_campaign(
         when = when.replace(tzinfo=tz) if when.tzinfo is None else when
     else:
         when = c.clock().replace(microsecond=0)
+    from scheduler.firings import FiringKind
     from scheduler.planner import Firing
 
     planner = c.planner()
@@ -144,7 +145,9 @@ def run_campaign(
         planner.expander.on_progress = counting(
             on_progress, recipients_total(c, show_progress(fmt))
         )
-        result = planner.fire(Firing(campaign, when.astimezone(dt.UTC), campaign.name, "manual"))
+        result = planner.fire(
+            Firing.scheduled(campaign, when.astimezone(dt.UTC), FiringKind.MANUAL)
+        )
     data = _result_dict(result)
     _print_result(data, fmt)
     if result.error:

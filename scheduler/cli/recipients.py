@@ -143,8 +143,9 @@ def opt_out(
             valid.append(normalize(value))
         except InvalidPhoneNumber as exc:
             bad.append(f"{where}: {exc}")
+    c = core(ctx)
     new, cancelled = store.record_opt_outs_counted(
-        core(ctx).engine, valid, source=source, reason=reason
+        c.engine, valid, source=source, reason=reason, now=c.clock()
     )
     if fmt == OutputFormat.json:
         print_json(

@@ -40,7 +40,7 @@ def monthly(
     report = build_monthly_report(c, month, town)
     path = write_report(report, out)
     if file_it:
-        store.mark_filed(c.engine, month, str(path))
+        store.mark_filed(c.engine, month, str(path), now=c.clock())
     console.print(f"wrote {path}" + (" (filed)" if file_it else ""))
 
 
@@ -72,7 +72,7 @@ def add(
         "other": other,
         "description": description,
     }
-    town_id = activities_core.add(c.engine, c.district, town, month, values)
+    town_id = activities_core.add(c.engine, c.district, town, month, values, now=c.clock())
     console.print(f"saved activities of {town_id} for {month}")
 
 
@@ -80,7 +80,7 @@ def add(
 def import_(ctx: typer.Context, file: Path = typer.Argument(...)) -> None:
     """Import rows of town, month and the columns (English or the form's Chinese headers)."""
     c = core(ctx)
-    done, problems = activities_core.import_file(c.engine, c.district, file)
+    done, problems = activities_core.import_file(c.engine, c.district, file, now=c.clock())
     console.print(f"{done} rows saved, {len(problems)} rejected")
     for p in problems:
         console.print(p, markup=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import typer
@@ -112,7 +111,7 @@ def preview(
         if info.channel == "sms"
         else None,
         extra={k: sample[k] for k in ("fraud_type", "amount_band", "case_date") if k in sample},
-        today=dt.date.today(),
+        today=core(ctx).clock().astimezone(core(ctx).settings.tz).date(),
     )
     rendered = cat.render(name, ctx_vars)
     data = {

@@ -65,7 +65,9 @@ def api_router(core: Core, guard: ApiGuard) -> APIRouter:
                 valid.append(normalize(value))
             except InvalidPhoneNumber as exc:
                 invalid.append({"phone": value[-4:], "reason": str(exc)})
-        new = record_opt_outs(core.engine, valid, source=body.source, reason=body.reason)
+        new = record_opt_outs(
+            core.engine, valid, source=body.source, reason=body.reason, now=core.clock()
+        )
         if valid:
             audit.record(
                 core.engine,
