@@ -92,6 +92,15 @@ def _chart(st: Any) -> str:
     )
 
 
+def _raw(content: bytes | str, media_type: str, headers: dict[str, str] | None = None) -> Response:
+    """A letter, a printable report or a download, with the pages' headers: never cached."""
+    response = Response(content, media_type=media_type, headers=headers)
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
+
+
 def add_section_routes(router: APIRouter, core: Core, pages: Pages) -> None:
     viewer = requires(core, Role.VIEWER)
     operator = requires(core, Role.OPERATOR)
@@ -241,11 +250,7 @@ def add_section_routes(router: APIRouter, core: Core, pages: Pages) -> None:
         shown = uc.preview(core, name, town=account.town_id or town or None)
         if shown.channel != "letter":
             raise uc.ConsoleError("只有信件模板可以打印预览。")
-        return Response(
-            shown.text,
-            media_type="text/html; charset=utf-8",
-            headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
-        )
+        return _raw(shown.text, "text/html; charset=utf-8")
 
     @router.post("/templates/{name}", response_model=None)
     def save_template(
@@ -449,9 +454,9 @@ def add_section_routes(router: APIRouter, core: Core, pages: Pages) -> None:
             raise uc.ConsoleError("只能下载 xlsx 或 PDF。")
         data = uc.report_file(core, account, month, town or None, f".{format}")
         name = f"月报-{month}.{format}"
-        return Response(
+        return _raw(
             data,
-            media_type=XLSX if format == "xlsx" else "application/pdf",
+            XLSX if format == "xlsx" else "application/pdf",
             headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}"},
         )
 
@@ -462,7 +467,7 @@ def add_section_routes(router: APIRouter, core: Core, pages: Pages) -> None:
         if not MONTH.match(month):
             raise uc.ConsoleError("月份格式应为 2022-10。")
         report = uc.monthly_report(core, account, month, town or None)
-        return Response(report_html(report), media_type="text/html; charset=utf-8")
+        return _raw(report_html(report), "text/html; charset=utf-8")
 
     @router.post("/reports/activities", response_model=None)
     async def save_activities(request: Request, account: Account = Depends(operator)) -> Response:
