@@ -43,6 +43,8 @@ from tests.test_console_browser import (  # noqa: F401 - fixtures are used by na
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOT = ROOT / "docs" / "console-dashboard.png"
+# Read at import: the autouse fixture in conftest clears PINGAN_* before each test.
+UPDATE_SCREENSHOT = os.environ.get("PINGAN_UPDATE_SCREENSHOT") == "1"
 
 
 @pytest.fixture
@@ -325,7 +327,7 @@ def test_the_dashboard_shows_the_numbers_of_quota_status(
     expect(page.locator("#today-stats")).to_be_visible()
     page.wait_for_timeout(300)  # Chart.js draws without animation; let it paint
     shot(page, shots, "dashboard")
-    if os.environ.get("PINGAN_UPDATE_SCREENSHOT") == "1":
+    if UPDATE_SCREENSHOT:
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=False)
 

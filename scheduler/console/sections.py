@@ -78,6 +78,12 @@ def _subject_name(row: Any) -> str:
     return str(s.name)
 
 
+def _zh_label(label: str) -> str:
+    """The Chinese half of a bilingual label such as `messages sent (播发短信数量)`."""
+    match = re.search(r"[(（]([^()（）]*[\u4e00-\u9fff][^()（）]*)[)）]", label)
+    return match.group(1) if match else label
+
+
 def _chart(st: Any) -> str:
     """Chart.js data of one rule's table: counted sends as bars, the target as a line."""
     rows = list(st.rows)
@@ -117,6 +123,7 @@ def add_section_routes(router: APIRouter, core: Core, pages: Pages) -> None:
         Role=Role,
     )
     pages.env.filters["subject_name"] = _subject_name
+    pages.env.filters["zh_label"] = _zh_label
     pages.env.filters["chart"] = _chart
     pages.env.filters["town_name"] = lambda t: uc.town_name(core, t)
 
