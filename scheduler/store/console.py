@@ -7,11 +7,57 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from scheduler.db import transaction
-from scheduler.models import Message, MessageState, Occurrence, OccurrenceState, TemplateRevision
+from scheduler.models import (
+    AuditEntry,
+    Message,
+    MessageState,
+    Occurrence,
+    OccurrenceState,
+    TemplateRevision,
+)
+from scheduler.store.optouts import insert_opt_outs
+from scheduler.store.users import AuditRecord
+
+
+def _audit(s: Session, record: AuditRecord) -> None:
+    s.add(
+        AuditEntry(
+            at=record.at,
+            actor=record.actor,
+            action=record.action,
+            subject=record.subject,
+            detail=record.detail,
+            peer=record.peer,
+        )
+    )
+
+
+def set_paused(engine: Engine, occurrence_id: int, paused: bool, audit: AuditRecord) -> bool:
+    """Pause or resume, and its audit row, in one transaction; False for no such occurrence."""
+    with transaction(engine) as s:
+        result = s.execute(
+            update(Occurrence).where(Occurrence.id == occurrence_id).values(paused=paused)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        _audit(s, audit)
+        return True
+
+
+def opt_out(
+    engine: Engine, phone: str, *, reason: str | None, now: dt.datetime, audit: AuditRecord
+) -> tuple[int, int]:
+    """One refusal, its queued messages cancelled and its audit row, in one transaction."""
+    with transaction(engine) as s:
+        counts = insert_opt_outs(
+            s, [phone], source="console", reason=reason, reply_text=None, now=now
+        )
+        _audit(s, audit)
+        return counts
 
 
 def occurrence_state_counts(
@@ -86,9 +132,19 @@ def _revision(row: TemplateRevision) -> Revision:
 
 
 def add_revision(
-    engine: Engine, *, name: str, source_hash: str, content: str, author: str, at: dt.datetime
+    engine: Engine,
+    *,
+    name: str,
+    source_hash: str,
+    content: str,
+    author: str,
+    at: dt.datetime,
+    audit: AuditRecord | None = None,
 ) -> Revision:
+    """A template's text as saved, and the audit row of the change, in one transaction."""
     with transaction(engine) as s:
+        if audit is not None:
+            _audit(s, audit)
         row = TemplateRevision(
             name=name, source_hash=source_hash, content=content, author=author, created_at=at
         )
