@@ -29,7 +29,6 @@ from scheduler.recipients import ImportSummary, import_recipients_file, rejects_
 from scheduler.store import console as store
 from scheduler.store import outbox
 from scheduler.store import recipients as recipient_store
-from scheduler.store.counters import local_day
 from scheduler.store.quotas import counter_days, sum_counters
 from scheduler.store.users import AuditRecord
 from scheduler.templating import Catalogue
@@ -633,7 +632,7 @@ def add_case(core: Core, who: Account, row: dict[str, str], *, peer: str) -> cas
         parsed = cases.parse_case(core, row, core.settings.tz)
     except ValueError as exc:
         raise ConsoleError(f"案件信息有误：{exc}") from None
-    _check_town(who, parsed["town_id"]) if who.town_id else None
+    _check_town(who, parsed["town_id"])
     result = cases.record_cases(core, [parsed])
     _audit(
         core,
@@ -693,8 +692,6 @@ def delivery(core: Core, who: Account, month: str) -> dict[str, Any]:
             {"key": d.isoformat(), "sent": s, "delivered": dl, "failed": None}
             for d, (s, dl) in sorted(days.items())
         ]
+        stats["top_errors"] = []  # counted for the whole district only
+        stats["town_only"] = True
     return stats
-
-
-def local_date(core: Core, instant: dt.datetime) -> dt.date:
-    return local_day(instant, core.settings.tz)
