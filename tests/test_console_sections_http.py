@@ -170,3 +170,49 @@ def test_no_console_module_imports_the_store() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
             assert not [n for n in names if n.startswith("scheduler.store")], path
+
+
+def test_an_operator_retries_a_failed_occurrence_once_its_template_is_approved(
+    console: Console,
+) -> None:
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from scheduler.planner import Firing
+    from scheduler.recipients import import_recipients_file
+
+    core = console.core
+    sample = ROOT / "recipients" / "sample.csv"
+    few = core.settings.data_dir / "few.csv"
+    few.parent.mkdir(parents=True, exist_ok=True)
+    lines = sample.read_text("utf-8").splitlines()
+    few.write_text("\n".join([lines[0], *lines[1::500]]) + "\n", encoding="utf-8")
+    import_recipients_file(core.engine, core.district, few)
+    template = core.settings.templates_dir / "survey-notice.sms.j2"
+    template.write_text(template.read_text("utf-8") + "谢谢！\n", encoding="utf-8")
+    campaign = core.campaigns.get("survey-notice")
+    at = dt.datetime(2022, 10, 31, 10, tzinfo=ZoneInfo("Asia/Shanghai")).astimezone(dt.UTC)
+    failed = core.planner().fire(Firing(campaign, at, campaign.name, "manual"))
+    assert str(failed.state) == "failed"
+    accounts.create_user(core, "zhao", Role.OPERATOR, PASSWORD)
+    with console.client() as client:
+        login(client, "zhao")
+        page = client.get("/occurrences").text
+        assert "失败" in page and "重试" in page and "暂停" not in page
+        assert "执行失败" in client.get("/").text  # the dashboard's alert
+        csrf = csrf_of(page)
+        again = client.post(f"/occurrences/{failed.occurrence_id}/retry", data={"csrf_token": csrf})
+        assert again.status_code == 303
+        assert again.headers["location"].endswith(f"retried-{failed.occurrence_id}-failed")
+        core.catalogue.approve("survey-notice", "王科长")
+        done = client.post(f"/occurrences/{failed.occurrence_id}/retry", data={"csrf_token": csrf})
+        assert done.status_code == 303 and "-failed" not in done.headers["location"]
+        row = client.get("/occurrences").text.split(f"#{failed.occurrence_id}<", 1)[1]
+        assert "待发送" in row.split("</tr>", 1)[0]
+        # Retrying what is not failed is refused with the reason.
+        refused = client.post(
+            f"/occurrences/{failed.occurrence_id}/retry", data={"csrf_token": csrf}
+        )
+        assert refused.status_code == 400 and "不能重试" in refused.text
+    retries = [e for e in accounts.audit_entries(core) if e.action == "occurrence.retry"]
+    assert [e.actor for e in retries] == ["zhao", "zhao"]
