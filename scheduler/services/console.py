@@ -670,7 +670,7 @@ def save_activities(
     if activity_store.is_filed(core.engine, month):
         raise ConsoleError(f"{month} 的月报已报送，活动情况不能再修改。")
     try:
-        activities.add(core.engine, core.district, town, month, values)
+        activities.add(core.engine, core.district, town, month, values, now=core.clock())
     except PingAnError as exc:
         raise ConsoleError(f"填写有误：{exc}") from None
     _audit(core, who, "activities.save", f"{town_name(core, town)} {month}", "", peer)
