@@ -10,6 +10,7 @@ import typer
 from scheduler.cli.common import FORMAT_OPTION, OutputFormat, console, core, print_json, table
 from scheduler.core import Core
 from scheduler.exceptions import PingAnError, TemplateError
+from scheduler.services.templates import approve_template
 from scheduler.templating import Catalogue
 
 app = typer.Typer(help="Message templates: list, preview, lint, approve.", no_args_is_help=True)
@@ -175,6 +176,5 @@ def approve(
     by: str = typer.Option(..., "--by", help="Who reviewed it."),
 ) -> None:
     """Record approval of the template's current content (its sha256) in approvals.yaml."""
-    cat = core(ctx).catalogue
-    cat.approve(name, by)
-    console.print(f"approved {name} ({cat.get(name).source_hash[:12]}) by {by}")
+    approval = approve_template(core(ctx), name, by)
+    console.print(f"approved {name} ({approval.source_hash[:12]}) by {by}")
