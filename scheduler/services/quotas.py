@@ -88,12 +88,10 @@ def quota_status(
 ) -> QuotaStatusReport:
     """Attainment of each rule (or the one named) in one window.
 
-    `window` is a week or month label; without it, the windows containing `on`, or today in
-    the district's zone. `by` counts at another grain: the one rule named at that grain, or
-    every rule of that subject. An unknown rule raises UnknownName.
+    `window` is a week or month label (it wins over `on`); without it, the windows containing
+    `on`, or today in the district's zone. `by` counts at another grain: the one rule named
+    at that grain, or every rule of that subject. An unknown rule raises UnknownName.
     """
-    if window is not None and on is not None:
-        raise PingAnError("give a window or a day, not both")
     if by is not None and by not in SUBJECT_KINDS:
         raise PingAnError(f"count by {', '.join(SUBJECT_KINDS)}, not {by!r}")
     chosen = load_rules(core, rule_id)

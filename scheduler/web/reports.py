@@ -1,4 +1,4 @@
-"""HTTP routes for quota status and the monthly report, thin over the core.
+"""HTTP routes for quota status and the monthly report, thin over the services.
 
 They are added to the guarded /api router (scheduler.web.api), never to the app itself. The
 xlsx report is built in a temporary folder removed before the response leaves (the report
@@ -16,7 +16,7 @@ from fastapi.responses import Response
 
 from scheduler.core import Core
 from scheduler.exceptions import PingAnError, UnknownName
-from scheduler.services.quotas import quota_status
+from scheduler.services.quotas import InvalidWindow, quota_status
 from scheduler.services.reports import build_report, report_json, report_xlsx
 from scheduler.web.errors import unprocessable
 from scheduler.web.schemas import MonthlyReportOut, QuotaStatusOut, ValidationErrorOut
@@ -51,7 +51,7 @@ def add_report_routes(api: APIRouter, core: Core) -> None:
             return unprocessable(["query", "on"], str(exc))
         try:
             report = quota_status(core, rule, week or month, day)
-        except UnknownName:  # the API answers an unknown rule with no rows
+        except (UnknownName, InvalidWindow):  # no such rule or week (2022-W53): no rows
             return []
         return report.rules_json()
 
