@@ -5,12 +5,12 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import re
 from pathlib import Path
 from typing import Any
 
 from scheduler.config import District
 from scheduler.exceptions import InputFileError, PingAnError, UnknownName
+from scheduler.periods import Month
 from scheduler.store import activities as store
 from scheduler.textfiles import decode_file
 
@@ -30,9 +30,8 @@ TEXT_FIELDS = ("other", "description")
 
 
 def check_month(month: str) -> str:
-    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
-        raise PingAnError(f"month {month!r} is not YYYY-MM")
-    return month
+    """The month as YYYY-MM (InvalidMonth, a PingAnError, if it is not one)."""
+    return str(Month.parse(month))
 
 
 def validate(values: dict[str, Any]) -> dict[str, Any]:

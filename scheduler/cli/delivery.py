@@ -19,9 +19,8 @@ from scheduler.cli.common import (
     table,
 )
 from scheduler.core import Core
-from scheduler.delivery_stats import STATES, delivery_stats
 from scheduler.dispatcher import DispatchStats, build_dispatcher
-from scheduler.store.delivery import unfinished
+from scheduler.services.delivery import STATES, delivery_stats, messages_left
 
 app = typer.Typer(help="Delivery: statistics by town, carrier, day or error.", no_args_is_help=True)
 
@@ -51,7 +50,7 @@ def dispatch(
             stats = dispatcher.run(until_empty=until_empty, max_wait=max_wait, progress=on_batch)
     finally:
         dispatcher.close()
-    left = {k: v for k, v in unfinished(c.engine).items() if v} if until_empty else {}
+    left = {k: v for k, v in messages_left(c).items() if v} if until_empty else {}
     data = {
         "claimed": stats.claimed,
         "sent": stats.sent,
@@ -85,7 +84,7 @@ def _progress(c: Core, show: bool) -> Iterator[Callable[[DispatchStats], None] |
     if not show:
         yield None
         return
-    total = sum(v for k, v in unfinished(c.engine).items() if k != "sending")
+    total = sum(v for k, v in messages_left(c).items() if k != "sending")
     columns = (
         TextColumn("[bold]发送 dispatch"),
         BarColumn(),
@@ -121,7 +120,7 @@ def stats(
     error codes and reasons (opted_out: cancelled because the resident refused)."""
     if by not in (None, "town", "carrier", "day", "error"):
         raise typer.BadParameter("--by must be town, carrier, day or error")
-    data = delivery_stats(core(ctx), month=month, by=by)
+    data = delivery_stats(core(ctx), month=month, by=by).to_dict()
     if fmt == OutputFormat.json:
         print_json(data)
         return
