@@ -199,7 +199,7 @@ def test_opt_out_cancels_queued_and_retrying_not_sent(core: Core) -> None:
         tz=TZ,
     )
     new, cancelled = record_opt_outs_counted(
-        core.engine, [a.phone, b.phone, c.phone], source="reply"
+        core.engine, [a.phone, b.phone, c.phone], source="reply", now=core.clock()
     )
     assert (new, cancelled) == (3, 2)
     assert _states(core) == {"sent": 1, "cancelled": 2}
