@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
-import re
 from pathlib import Path
 from typing import Any
 
 from scheduler.config import District
 from scheduler.exceptions import InputFileError, PingAnError, UnknownName
+from scheduler.periods import Month
 from scheduler.store import activities as store
 from scheduler.textfiles import decode_file
 
@@ -29,9 +30,8 @@ TEXT_FIELDS = ("other", "description")
 
 
 def check_month(month: str) -> str:
-    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
-        raise PingAnError(f"month {month!r} is not YYYY-MM")
-    return month
+    """The month as YYYY-MM (InvalidMonth, a PingAnError, if it is not one)."""
+    return str(Month.parse(month))
 
 
 def validate(values: dict[str, Any]) -> dict[str, Any]:
@@ -54,17 +54,27 @@ def validate(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def add(engine: Any, district: District, town: str, month: str, values: dict[str, Any]) -> str:
+def add(
+    engine: Any,
+    district: District,
+    town: str,
+    month: str,
+    values: dict[str, Any],
+    *,
+    now: dt.datetime,
+) -> str:
     town_id = district.find_town(town).id
     try:
         clean = validate(values)
     except ValueError as exc:
         raise PingAnError(str(exc)) from None
-    store.upsert_activity(engine, town_id, check_month(month), clean)
+    store.upsert_activity(engine, town_id, check_month(month), clean, now=now)
     return town_id
 
 
-def import_file(engine: Any, district: District, path: Path) -> tuple[int, list[str]]:
+def import_file(
+    engine: Any, district: District, path: Path, *, now: dt.datetime
+) -> tuple[int, list[str]]:
     """Rows: town, month and the columns (English or the form's Chinese headers)."""
     decoded = decode_file(path)
     if 1 in decoded.bad_lines:
@@ -90,6 +100,7 @@ def import_file(engine: Any, district: District, path: Path) -> tuple[int, list[
                 str(values.pop("town") or ""),
                 str(values.pop("month") or ""),
                 values,
+                now=now,
             )
             done += 1
         except (PingAnError, UnknownName) as exc:

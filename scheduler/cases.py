@@ -21,6 +21,7 @@ from typing import Any
 
 from scheduler.core import Core
 from scheduler.exceptions import InputFileError, PingAnError
+from scheduler.firings import Target
 from scheduler.logs import get_logger
 from scheduler.numbers import half_up
 from scheduler.planner import Firing
@@ -202,24 +203,24 @@ def check_village(
     if campaign is None:
         log.warning("alert.no_campaign", town=town_id, village=village_id, rule=rule)
         return None
-    key = f"{campaign.name}:{town_id}/{village_id}"
-    last = store.last_alert(core.engine, key)
-    if last is not None and now - last < dt.timedelta(days=settings.alerts.period_days):
-        log.info("alert.recent", town=town_id, village=village_id, last=last.isoformat())
-        return None
-    at = next_allowed(now, settings.allowed_hours, tz).replace(microsecond=0)
     latest = store.get_case(core.engine, case_id)
-    target = {
-        "town": town_id,
-        "village": village_id,
-        "rule": rule,
-        "extra": {
+    target = Target(
+        town=town_id,
+        village=village_id,
+        rule=rule,
+        extra={
             "fraud_type": latest.fraud_type,
             "amount_band": amount_band(latest.amount_yuan),
             "case_date": latest.occurred_at.astimezone(tz).date().isoformat(),
         },
-    }
-    result = core.planner().fire(Firing(campaign, at, key, kind="alert", target=target))
+    )
+    at = next_allowed(now, settings.allowed_hours, tz).replace(microsecond=0)
+    firing = Firing.alert(campaign, at, target)
+    last = store.last_alert(core.engine, firing.key)
+    if last is not None and now - last < dt.timedelta(days=settings.alerts.period_days):
+        log.info("alert.recent", town=town_id, village=village_id, last=last.isoformat())
+        return None
+    result = core.planner().fire(firing)
     log.info(
         "alert.scheduled",
         town=town_id,

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Callable
 from functools import cached_property
 
 from sqlalchemy import Engine
 
 from scheduler.campaigns import Campaigns, load_campaigns
+from scheduler.clock import Clock, system_clock
 from scheduler.config import District, load_district
 from scheduler.db import ensure_schema, make_engine
 from scheduler.expansion import Expander
@@ -21,11 +21,7 @@ from scheduler.planner import Planner
 from scheduler.settings import Settings, load_settings
 from scheduler.templating import Catalogue
 
-Clock = Callable[[], dt.datetime]
-
-
-def system_clock() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+__all__ = ["Clock", "Core", "system_clock"]
 
 
 class Core:
@@ -57,6 +53,8 @@ class Core:
             self.settings.templates_dir,
             self.district,
             max_segments=self.settings.max_sms_segments,
+            clock=self.clock,
+            tz=self.settings.tz,
         )
 
     @cached_property

@@ -7,14 +7,13 @@ and the monthly report; messages not yet sent are shown as pending by the day th
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from scheduler.core import Core
-from scheduler.exceptions import PingAnError
 from scheduler.models import MessageState
 from scheduler.numbers import ratio
-from scheduler.providers.base import error_catalogue
+from scheduler.periods import Month
+from scheduler.providers import error_meanings
 from scheduler.store import delivery
 from scheduler.store.optouts import OPTED_OUT
 
@@ -26,18 +25,9 @@ NOT_SENT = [*PENDING, MessageState.CANCELLED.value]
 OWN_REASONS = {OPTED_OUT: "Resident opted out; message cancelled / 居民已退订，消息已取消"}
 
 
-def month_bounds(month: str, tz: Any) -> tuple[dt.datetime, dt.datetime]:
-    try:
-        first = dt.datetime.strptime(month, "%Y-%m").date()
-    except ValueError:
-        raise PingAnError(f"month {month!r} is not YYYY-MM") from None
-    nxt = (first.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
-    return dt.datetime.combine(first, dt.time(0), tz), dt.datetime.combine(nxt, dt.time(0), tz)
-
-
 def delivery_stats(core: Core, *, month: str | None, by: str | None) -> dict[str, Any]:
     tz = core.settings.tz
-    start, end = month_bounds(month, tz) if month else (None, None)
+    start, end = Month.parse(month).bounds(tz) if month else (None, None)
     rows = delivery.delivery_breakdown(core.engine, by=by, start=start, end=end, tz=tz)
     out_rows = []
     for r in rows:
@@ -53,7 +43,7 @@ def delivery_stats(core: Core, *, month: str | None, by: str | None) -> dict[str
                 "delivery_rate": None if rate is None else float(rate),
             }
         )
-    catalogue = error_catalogue(core.settings.config_dir)
+    catalogue = error_meanings(core.settings.config_dir)
     errors = [
         {
             "code": code,

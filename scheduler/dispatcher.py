@@ -7,6 +7,11 @@ the request went out) is looked up at the provider before anything is sent again
 `unknown` for an operator when the provider cannot tell. On start, messages a crash left in
 `sending` are reconciled the same way.
 
+The provider is a plug-in (scheduler.providers): this module knows only the neutral interface
+(statuses, error kinds and flags), and sends in batches when the provider takes several
+numbers per call (`max_batch`). An error the provider flags as stopping the campaign pauses
+the occurrence and raises an alert instead of failing message after message.
+
 Right before each send the clock is read again (the rate limiter may have held the message
 past the end of the sending hours) and the number is checked against opt-outs recorded since
 the claim; a message stopped by either goes back (queued, or cancelled) without counting as an
@@ -19,9 +24,10 @@ import datetime as dt
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
@@ -35,6 +41,9 @@ from scheduler.settings import Settings
 from scheduler.store import delivery
 from scheduler.store.delivery import Claimed, Outcome
 from scheduler.store.optouts import OPTED_OUT
+
+if TYPE_CHECKING:
+    from scheduler.core import Core
 
 log = get_logger("scheduler.dispatcher")
 
@@ -51,6 +60,8 @@ class DispatchStats:
     cancelled: int = 0
     # Put back without an attempt: outside the sending hours, or the dispatcher was stopped.
     deferred: int = 0
+    # Put back because the provider refused the whole campaign (its occurrence is paused).
+    halted: int = 0
     batches: int = 0
     by_outcome: dict[str, int] = field(default_factory=dict)
 
@@ -63,6 +74,7 @@ class DispatchStats:
         "opted_out",
         "cancelled",
         "deferred",
+        "halted",
         "batches",
     )
 
@@ -93,9 +105,8 @@ class Dispatcher:
         self.stop = stop or threading.Event()
         self.rng = rng or random.Random()
         self.respect_hours = respect_hours
-        # The dry-run provider talks to no carrier: it is held to the rate limits only if asked
-        # (PINGAN_DRYRUN__RATE_LIMITED), so a rehearsal is not slowed to the real pace.
-        self.rate_limited = provider.name != "dryrun" or settings.dryrun.rate_limited
+        # A provider that talks to no carrier (a rehearsal) says so: it is not slowed down.
+        self.rate_limited = provider.paced
         self.rate = TokenBucket(self.cfg.rate_per_second)
         self.carrier_rates = {
             c: TokenBucket(r) for c, r in self.cfg.segment_rate_by_carrier.items()
@@ -202,10 +213,15 @@ class Dispatcher:
             self._batch_phones = {c.phone for c in claimed}
             self._opted_out = delivery.opted_out_among(self.engine, self._batch_phones)
             self._optout_checked = time.monotonic()
-        if self.cfg.concurrency == 1:
-            outcomes = [self._send_one(c) for c in claimed]
+        size = max(1, self.provider.max_batch)
+        if size == 1:
+            if self.cfg.concurrency == 1:
+                outcomes = [self._send_one(c) for c in claimed]
+            else:
+                outcomes = list(self._pool.map(self._send_one, claimed))
         else:
-            outcomes = list(self._pool.map(self._send_one, claimed))
+            chunks = [claimed[i : i + size] for i in range(0, len(claimed), size)]
+            outcomes = [o for chunk in self._pool.map(self._send_chunk, chunks) for o in chunk]
         self._record(outcomes, stats)
         return stats
 
@@ -226,8 +242,10 @@ class Dispatcher:
                 stats.unknown += 1
             else:
                 stats.failed += 1
-            if o.attempt_outcome == "opt_out":
+            if o.opted_out:
                 stats.opted_out += 1
+            if o.halt:
+                stats.halted += 1
 
     # -- one message -------------------------------------------------------------------------
 
@@ -278,7 +296,8 @@ class Dispatcher:
         opening = next_allowed(now, self.settings.allowed_hours, self.settings.tz)
         return self._not_sent(c, now, MessageState.QUEUED, "outside_hours", next_attempt_at=opening)
 
-    def _send_one(self, c: Claimed) -> Outcome:
+    def _ready(self, c: Claimed) -> Outcome | tuple[OutboundMessage, dt.datetime]:
+        """The checks before a hand-over: the message to send and when, or why it is not sent."""
         # Checked before waiting for the rate limiter (no point waiting) and again after it.
         late = self._past_hours(c, self.clock())
         if late is not None:
@@ -299,22 +318,56 @@ class Dispatcher:
             return self._not_sent(
                 c, started, MessageState.CANCELLED, OPTED_OUT, error_code=OPTED_OUT
             )
-        msg = self._outbound(c)
+        return self._outbound(c), started
+
+    def _send_one(self, c: Claimed) -> Outcome:
+        ready = self._ready(c)
+        if isinstance(ready, Outcome):
+            return ready
+        msg, started = ready
         try:
             accepted = self.provider.send(msg)
         except SendError as exc:
             return self._failure(c, msg, exc, started)
         except Exception as exc:  # a bug or an unexpected library error: do not risk resending
-            log.exception("dispatch.unexpected", message_id=c.id, phone=mask(c.phone))
-            return Outcome(
-                c,
-                MessageState.UNKNOWN,
-                self.clock(),
-                "unexpected",
-                self.provider.name,
-                detail=repr(exc)[:500],
-            )
+            return self._unexpected(c, exc)
         return self._accepted(c, accepted, at=started)
+
+    def _send_chunk(self, chunk: Sequence[Claimed]) -> list[Outcome]:
+        """Up to `max_batch` messages in one provider call, each checked first as one is."""
+        outcomes: dict[int, Outcome] = {}
+        ready: list[tuple[Claimed, OutboundMessage, dt.datetime]] = []
+        for c in chunk:
+            r = self._ready(c)
+            if isinstance(r, Outcome):
+                outcomes[c.id] = r
+            else:
+                ready.append((c, *r))
+        if ready:
+            results: list[Accepted | SendError | Exception]
+            try:
+                results = list(self.provider.send_batch([m for _, m, _ in ready]))
+            except Exception as exc:  # the provider broke its contract: do not risk resending
+                results = [exc] * len(ready)
+            for (c, msg, started), result in zip(ready, results, strict=True):
+                if isinstance(result, SendError):
+                    outcomes[c.id] = self._failure(c, msg, result, started)
+                elif isinstance(result, Accepted):
+                    outcomes[c.id] = self._accepted(c, result, at=started)
+                else:
+                    outcomes[c.id] = self._unexpected(c, result)
+        return [outcomes[c.id] for c in chunk]
+
+    def _unexpected(self, c: Claimed, exc: BaseException) -> Outcome:
+        log.error("dispatch.unexpected", message_id=c.id, phone=mask(c.phone), exc_info=exc)
+        return Outcome(
+            c,
+            MessageState.UNKNOWN,
+            self.clock(),
+            "unexpected",
+            self.provider.name,
+            detail=repr(exc)[:500],
+        )
 
     def _accepted(
         self,
@@ -325,9 +378,6 @@ class Dispatcher:
         at: dt.datetime | None = None,
     ) -> Outcome:
         """`at`: when the message was handed over (its sent_at), if known."""
-        final = None
-        if accepted.final_status:
-            final = delivery.PROVIDER_STATUS.get(accepted.final_status)
         return Outcome(
             c,
             MessageState.SENT,
@@ -336,13 +386,34 @@ class Dispatcher:
             self.provider.name,
             provider_message_id=accepted.provider_message_id,
             error_code=accepted.error_code,
-            final_status=final,
+            final_status=accepted.final_status,
         )
 
     def _failure(
         self, c: Claimed, msg: OutboundMessage, exc: SendError, started: dt.datetime
     ) -> Outcome:
         now = self.clock()
+        if exc.halt:
+            # Nothing in this campaign can go out until someone fixes the account: pause the
+            # occurrence (in the outcome's transaction) and put the message back, unsent.
+            log.error(
+                "dispatch.campaign_halted",
+                message_id=c.id,
+                occurrence_id=c.occurrence_id,
+                code=exc.code,
+                meaning=exc.meaning,
+            )
+            return Outcome(
+                c,
+                MessageState.QUEUED,
+                now,
+                "halted",
+                self.provider.name,
+                error_code=exc.code,
+                detail=str(exc)[:500],
+                next_attempt_at=now,
+                halt=True,
+            )
         if exc.kind == ErrorKind.TRANSIENT:
             return self._requeue(c, now, "transient", exc.code, exc.retry_after, detail=str(exc))
         if exc.kind == ErrorKind.PERMANENT:
@@ -357,10 +428,11 @@ class Dispatcher:
                 c,
                 MessageState.FAILED,
                 now,
-                "opt_out" if exc.opt_out else "permanent",
+                "opt_out" if exc.opted_out else "permanent",
                 self.provider.name,
                 error_code=exc.code,
                 detail=str(exc)[:500],
+                opted_out=exc.opted_out,
             )
         return self._settle_uncertain(c, msg, started, exc.code, str(exc))
 
@@ -464,7 +536,7 @@ class Dispatcher:
         lookups = [
             (self._outbound(c), (since or now) - dt.timedelta(seconds=5)) for c, since in stuck
         ]
-        # One lookup call for them all: the dry-run provider reads its log once, not per message.
+        # One lookup call for them all: a provider may answer them in one pass.
         found = self.provider.find_sent_many(lookups)
         outcomes = [
             self._settled(c, f, None, "left sending by a crash", immediate=True)
@@ -472,3 +544,30 @@ class Dispatcher:
         ]
         self._record(outcomes, stats)
         return stats
+
+
+def build_dispatcher(
+    core: Core,
+    provider: Provider | None = None,
+    *,
+    settings: Settings | None = None,
+    clock: Callable[[], dt.datetime] | None = None,
+    stop: threading.Event | None = None,
+    rng: random.Random | None = None,
+    respect_hours: bool = True,
+) -> Dispatcher:
+    """The one place a dispatcher is built (the service, `pingan dispatch`, the simulator):
+    the configured provider from the registry unless one is given, the core's clock and stop.
+    `settings` replaces the core's (the simulator's scratch settings)."""
+    from scheduler.providers import make_provider
+
+    chosen = settings or core.settings
+    return Dispatcher(
+        core.engine,
+        provider or make_provider(chosen),
+        chosen,
+        clock=clock or core.clock,
+        stop=stop or core.stop,
+        rng=rng,
+        respect_hours=respect_hours,
+    )

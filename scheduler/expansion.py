@@ -28,6 +28,7 @@ from scheduler.campaigns import Campaign, week_index, week_start
 from scheduler.config import District
 from scheduler.db import db_time_cache
 from scheduler.exceptions import PingAnError, TemplateError
+from scheduler.firings import Target
 from scheduler.logs import get_logger, mask_text
 from scheduler.models import Occurrence, OccurrenceState
 from scheduler.store import outbox
@@ -114,6 +115,7 @@ class Expander:
         self.stop = stop or threading.Event()
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self._pairs = frozenset((t.id, v.id) for t in district.towns for v in t.villages)
+        self._parsed_target: tuple[object, Target] | None = None
 
     def expand(self, campaign: Campaign, occ: Occurrence) -> ExpansionResult:
         """Expand (or resume expanding) `occ`; does nothing to one already expanded.
@@ -230,12 +232,12 @@ class Expander:
         )
 
     @staticmethod
-    def _has_filters(campaign: Campaign, target: dict[str, Any]) -> bool:
+    def _has_filters(campaign: Campaign, target: Target) -> bool:
         """Whether `_in_audience` can refuse anyone (most campaigns reach every resident)."""
         aud = campaign.audience
         return bool(
-            target.get("town")
-            or target.get("village")
+            target.town
+            or target.village
             or aud.towns
             or aud.villages
             or aud.carriers
@@ -243,12 +245,22 @@ class Expander:
             or aud.segments
         )
 
+    def _target(self, occ: Occurrence) -> Target:
+        """The occurrence's typed target, parsed once per occurrence (asked for every row)."""
+        raw = occ.target
+        cached = self._parsed_target
+        if cached is not None and cached[0] is raw:
+            return cached[1]
+        target = Target.parse(raw)
+        self._parsed_target = (raw, target)
+        return target
+
     def _in_audience(self, campaign: Campaign, occ: Occurrence, r: RecipientRow) -> bool:
         aud = campaign.audience
-        target = occ.target or {}
-        if target.get("town") and r.town_id != target["town"]:
+        target = self._target(occ)
+        if target.town and r.town_id != target.town:
             return False
-        if target.get("village") and r.village_id != target["village"]:
+        if target.village and r.village_id != target.village:
             return False
         if aud.towns and r.town_id not in aud.towns:
             return False
@@ -271,18 +283,14 @@ class Expander:
         week_from = dt.datetime.combine(week_start(day), dt.time(0), self.tz)
         week_to = week_from + dt.timedelta(days=7)
         cap = WeeklyCap(week_from, week_to, self.weekly_cap)
-        target = occ.target or {}
-        limit = target.get("limit")
-        topup_window = (
-            (dt.datetime.fromisoformat(target["since"]), dt.datetime.fromisoformat(target["until"]))
-            if target.get("since")
-            else None
-        )
+        target = self._target(occ)
+        limit = target.limit
+        topup_window = target.topup_window
         excluded: Counter[str] = Counter(occ.excluded or {})
         queued_so_far = outbox.count_messages(self.engine, occ.id) if occ.cursor else 0
         bodies: dict[tuple[Any, ...], tuple[int, int] | TemplateError] = {}
         # Event text (a case's fraud type) only as values from the configured lists.
-        extra = self.catalogue.event_values(target.get("extra") or {})
+        extra = self.catalogue.event_values(dict(target.extra))
         # Event SMS go out unreviewed by a person: held to the segment limit, never sent long.
         max_segments = self.catalogue.max_segments if campaign.schedule.event else None
         renders = _RenderStats()
@@ -342,8 +350,8 @@ class Expander:
                         self.engine,
                         after_id=cursor,
                         batch_size=self.chunk_size,
-                        town_id=target.get("town"),
-                        village_id=target.get("village"),
+                        town_id=target.town,
+                        village_id=target.village,
                     ),
                     None,
                 )
@@ -362,7 +370,7 @@ class Expander:
                 reached = (
                     outbox.recipients_messaged(
                         self.engine,
-                        town_id=target["town"],
+                        town_id=target.town or "",
                         start=topup_window[0],
                         end=topup_window[1],
                         lo=lo,

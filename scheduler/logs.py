@@ -8,19 +8,19 @@ a traceback quoting SQL parameters or a request body shows 138****5678, never th
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from typing import Any, Literal, TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-_PHONE = re.compile(r"(?<!\d)(?:\+?86)?(1\d{2})\d{4}(\d{4})(?!\d)")
+from scheduler.phones import mask_in_text
+
 _HANDLER_NAME = "pingan-masked"
 
 
 def mask_text(text: str) -> str:
-    return _PHONE.sub(r"\1****\2", text)
+    return mask_in_text(text)
 
 
 def _masked(value: Any) -> Any:

@@ -401,3 +401,20 @@ class AuditEntry(Base):
     subject: Mapped[str] = mapped_column(String(255), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
     peer: Mapped[str | None] = mapped_column(String(64))
+
+
+class TemplateRevision(Base):
+    """Every text of a template saved through the console, with who saved it: the history an
+    approver reads, and the approved text a diff is made against (approvals.yaml keeps only
+    its hash)."""
+
+    __tablename__ = "template_revisions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    source_hash: Mapped[str] = mapped_column(String(64))
+    content: Mapped[str] = mapped_column(Text)
+    author: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_template_revisions_name_id", "name", "id"),)

@@ -96,5 +96,14 @@ def mask(number: str) -> str:
     return "****"
 
 
+# A mobile number inside free text (a log line, a traceback, an SQL parameter list).
+_IN_TEXT = re.compile(r"(?<!\d)(?:\+?86)?1\d{10}(?!\d)")
+
+
+def mask_in_text(text: str) -> str:
+    """Every mobile number in `text` masked as `mask` masks one (the log chain's processor)."""
+    return _IN_TEXT.sub(lambda m: mask(m.group(0)), text)
+
+
 def e164(number: str) -> str:
     return f"+86{number}"

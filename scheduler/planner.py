@@ -9,7 +9,7 @@ occurrence `failed`, with the reason) and `retry` runs it again once the cause i
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -22,6 +22,14 @@ from scheduler.expansion import (
     masked_traceback,
     result_of,
 )
+from scheduler.firings import (
+    FiringKind,
+    Target,
+    alert_key,
+    campaign_name_of,
+    scheduled_key,
+    topup_key,
+)
 from scheduler.logs import get_logger
 from scheduler.models import Occurrence, OccurrenceState
 from scheduler.store import outbox
@@ -31,11 +39,47 @@ log = get_logger("scheduler.planner")
 
 @dataclass(frozen=True)
 class Firing:
+    """One firing of a campaign: the occurrence key (campaign, scheduled_at) makes it happen
+    once. Build one with `scheduled`, `topup` or `alert`, which own the key's format."""
+
     campaign: Campaign
     scheduled_at: dt.datetime
     key: str
-    kind: str = "scheduled"
-    target: dict[str, Any] | None = None
+    kind: FiringKind = FiringKind.SCHEDULED
+    target: Target = field(default_factory=Target)
+
+    def __post_init__(self) -> None:
+        # Callers may still name the kind by its stored string, or pass a target as read.
+        object.__setattr__(self, "kind", FiringKind(self.kind))
+        object.__setattr__(self, "target", Target.parse(self.target))
+
+    @classmethod
+    def scheduled(
+        cls, campaign: Campaign, at: dt.datetime, kind: FiringKind = FiringKind.SCHEDULED
+    ) -> Firing:
+        return cls(campaign, at, scheduled_key(campaign.name), kind)
+
+    @classmethod
+    def topup(cls, campaign: Campaign, at: dt.datetime, target: Target) -> Firing:
+        assert target.rule is not None and target.town is not None
+        return cls(
+            campaign,
+            at,
+            topup_key(campaign.name, target.rule, target.town),
+            FiringKind.TOPUP,
+            target,
+        )
+
+    @classmethod
+    def alert(cls, campaign: Campaign, at: dt.datetime, target: Target) -> Firing:
+        assert target.town is not None and target.village is not None
+        return cls(
+            campaign,
+            at,
+            alert_key(campaign.name, target.town, target.village),
+            FiringKind.ALERT,
+            target,
+        )
 
 
 class Planner:
@@ -61,10 +105,10 @@ class Planner:
             self.engine,
             campaign=firing.key,
             scheduled_at=firing.scheduled_at,
-            kind=firing.kind,
+            kind=firing.kind.value,
             channel=c.channel,
             priority=c.priority,
-            target=firing.target,
+            target=firing.target.to_json(),
             now=self.expander.clock(),
         )
         if created:
@@ -73,14 +117,14 @@ class Planner:
                 occurrence_id=occ.id,
                 campaign=firing.key,
                 scheduled_at=firing.scheduled_at.isoformat(),
-                kind=firing.kind,
+                kind=firing.kind.value,
             )
         if occ.state != OccurrenceState.EXPANDING:
             return result_of(occ)
         return self.expander.expand(c, occ)
 
     def fire_scheduled(self, campaign: Campaign, scheduled_at: dt.datetime) -> ExpansionResult:
-        return self.fire(Firing(campaign, scheduled_at, campaign.name))
+        return self.fire(Firing.scheduled(campaign, scheduled_at))
 
     def latest_due(self, campaign: Campaign, now: dt.datetime) -> dt.datetime | None:
         """The latest fire time within the grace period before now (missed ones coalesce)."""
@@ -135,11 +179,11 @@ class Planner:
 
     def campaign_of(self, occ: Occurrence) -> Campaign | None:
         """The campaign an occurrence belongs to (its key is NAME or NAME:detail)."""
-        return self.campaigns.by_name.get(occ.campaign.split(":", 1)[0])
+        name = campaign_name_of(occ.campaign, self.campaigns.by_name)
+        return None if name is None else self.campaigns.by_name[name]
 
     def _no_campaign(self, occ: Occurrence) -> str:
-        name = occ.campaign.split(":", 1)[0]
-        return f"campaign {name!r} is not defined in campaigns.yaml any more"
+        return f"campaign of occurrence {occ.campaign!r} is not defined in campaigns.yaml any more"
 
     def retry(self, occurrence_id: int) -> ExpansionResult:
         """Run a failed occurrence again, at its original scheduled time, once its cause is

@@ -29,7 +29,8 @@ from scheduler.config import DISTRICT_FILE, SEGMENTS, District, node_line
 from scheduler.core import Core
 from scheduler.exceptions import ConfigError, PingAnError
 from scheduler.phones import mask
-from scheduler.providers.base import ERRORS_FILE, ErrorInfo
+from scheduler.providers.base import ErrorInfo
+from scheduler.providers.twilio import ERRORS_FILE
 from scheduler.quotas import QUOTAS_FILE, QuotaRule
 from scheduler.settings import Settings
 from scheduler.store import outbox

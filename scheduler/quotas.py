@@ -24,6 +24,7 @@ from scheduler.config import District, parse_model, read_yaml
 from scheduler.exceptions import ConfigError, UnknownName
 from scheduler.models import MessageState
 from scheduler.numbers import half_up, half_up_int
+from scheduler.periods import Month
 from scheduler.store import quotas as store
 from scheduler.store import sends as sends_store
 
@@ -353,10 +354,8 @@ def parse_week(label: str) -> dt.date:
 
 
 def parse_month(label: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(label.strip() + "-01")
-    except ValueError:
-        raise ValueError(f"a month looks like 2022-10, got {label!r}") from None
+    """The first day of a month label such as 2022-10 (InvalidMonth, a ValueError, if not)."""
+    return Month.parse(label).first_day
 
 
 def _month_end(first: dt.date) -> dt.date:

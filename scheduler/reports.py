@@ -23,10 +23,12 @@ from scheduler.activities import COLUMNS as ACTIVITY_COLUMNS
 from scheduler.activities import check_month
 from scheduler.cell_safety import neutralise_cell
 from scheduler.core import Core
-from scheduler.delivery_stats import delivery_stats, month_bounds
+from scheduler.delivery_stats import delivery_stats
 from scheduler.exceptions import PingAnError
+from scheduler.firings import campaign_name_of
 from scheduler.logs import get_logger
 from scheduler.numbers import half_up
+from scheduler.periods import Month
 from scheduler.quotas import (
     MEASURES,
     QuotaRule,
@@ -144,17 +146,14 @@ def _summary_row(f: UnitForm) -> list[Any]:
 def report_month(today: dt.date, period: str) -> str:
     """The month a report made on `today` covers: this one (`current`, seed 001's 25th) or the
     one before (`previous`, seed 002's 3rd)."""
-    if period == "previous":
-        today = today.replace(day=1) - dt.timedelta(days=1)
-    return f"{today:%Y-%m}"
+    month = Month.of(today)
+    return str(month.previous if period == "previous" else month)
 
 
 def due_date(month: str, due_day: int, period: str) -> dt.date:
     """The day a month's report is due: in the month itself, or in the next one."""
-    first = dt.date.fromisoformat(month + "-01")
-    if period == "previous":
-        first = (first.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
-    return first.replace(day=due_day)
+    m = Month.parse(month)
+    return (m.next if period == "previous" else m).first_day.replace(day=due_day)
 
 
 def build_monthly_report(core: Core, month: str, town: str | None = None) -> MonthlyReport:
@@ -163,7 +162,7 @@ def build_monthly_report(core: Core, month: str, town: str | None = None) -> Mon
     tz = settings.tz
     district = core.district
     towns = [district.find_town(town)] if town else list(district.towns)
-    start, end = month_bounds(month, tz)
+    start, end = Month.parse(month).bounds(tz)
     first, last = start.date(), (end - dt.timedelta(days=1)).date()
     office = f"{district.district.name}平安办"
     report = MonthlyReport(
@@ -233,9 +232,12 @@ def build_monthly_report(core: Core, month: str, town: str | None = None) -> Mon
             case.occurred_at,
             states=store.DELIVERED,
         )
-        by_campaign = store.reach_before(
+        by_campaign: dict[str, int] = {}
+        for key, n in store.reach_before(
             core.engine, case.town_id, case.village_id, before, case.occurred_at
-        )
+        ).items():
+            name = campaign_name_of(key, core.campaigns.by_name) or key
+            by_campaign[name] = by_campaign.get(name, 0) + n
         t_obj = district.towns_by_id.get(case.town_id)
         v_name = next(
             (v.name for v in (t_obj.villages if t_obj else ()) if v.id == case.village_id),
@@ -332,12 +334,11 @@ QUOTA_HEADER = [
 
 
 def _month_days(report: MonthlyReport) -> tuple[dt.date, dt.date]:
-    first = dt.date.fromisoformat(report.month + "-01")
-    nxt = (first.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
-    return first, nxt - dt.timedelta(days=1)
+    month = Month.parse(report.month)
+    return month.first_day, month.last_day
 
 
-def _quota_rows(report: MonthlyReport) -> list[list[Any]]:
+def quota_rows(report: MonthlyReport) -> list[list[Any]]:
     first, last = _month_days(report)
     rows = []
     for st in report.quotas:
@@ -580,7 +581,7 @@ def _write_xlsx(report: MonthlyReport, out: Path) -> None:
         [*report.form, report.total] if len(report.forms) > 1 else report.form,
     )
     _table_sheet(
-        wb, "配额完成情况", f"配额完成情况与排名（{month_cn}）", QUOTA_HEADER, _quota_rows(report)
+        wb, "配额完成情况", f"配额完成情况与排名（{month_cn}）", QUOTA_HEADER, quota_rows(report)
     )
     if len(report.forms) > 1:
         header, rows = _delivery_rows(report)
@@ -665,7 +666,7 @@ def _markdown(report: MonthlyReport) -> str:
         f"填报单位：{report.unit}",
         table(FORM_HEADER, [*report.form, report.total]),
         "## 配额完成情况（排名、晾晒）",
-        table(QUOTA_HEADER, _quota_rows(report)),
+        table(QUOTA_HEADER, quota_rows(report)),
         "## 分运营商发送",
         table(header, rows),
         "## 发案倒查",
@@ -804,7 +805,7 @@ def report_html(report: MonthlyReport) -> str:
     )
     sections.append(
         f'<section class="wide"><h2>配额完成情况与排名（{month_cn}）</h2>'
-        + _html_table(QUOTA_HEADER, _quota_rows(report))
+        + _html_table(QUOTA_HEADER, quota_rows(report))
         + "</section>"
     )
     if len(report.forms) > 1:
@@ -867,5 +868,11 @@ def write_due_report(core: Core, today: dt.date) -> Path | None:
     if path.exists():
         return None
     write_report(build_monthly_report(core, month), path)
-    log.info("report.written", month=month, path=str(path), period=settings.report_period)
+    log.info(
+        "report.written",
+        month=month,
+        path=str(path),
+        period=settings.report_period,
+        day=today.isoformat(),
+    )
     return path

@@ -1,14 +1,15 @@
 """`pingan run`: the long-running service.
 
-One process per database fires campaigns (APScheduler 3, its job store in the project database,
-woken at each campaign's next fire time); others wait as standbys on the database lock. The
-same process drains the outbox and, where configured, serves HTTP. SIGTERM and Ctrl-C stop it
-cleanly: the running chunk commits, nothing is left half written.
+One process per database runs the job table of `scheduler.loop` (APScheduler 3, its job store
+in the project database: each campaign at its fire times, the quota check, the monthly report
+on its due day); others wait as standbys on the database lock. The same process drains the
+outbox and, where configured, serves HTTP. The jobs read the time through `Core.clock`
+(APScheduler 3 itself wakes on the wall clock; the simulator walks the same table instead).
+SIGTERM and Ctrl-C stop it cleanly: the running chunk commits, nothing is left half written.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import signal
 import threading
@@ -22,10 +23,10 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from scheduler.core import Core
-from scheduler.expansion import ExpansionResult, describe, masked_traceback
+from scheduler.expansion import ExpansionResult
 from scheduler.logs import get_logger
+from scheduler.loop import MONTHLY_REPORT_JOB, QUOTA_CHECK_JOB, Job, Loop
 from scheduler.models import OccurrenceState
-from scheduler.planner import Planner
 from scheduler.store.locks import DatabaseLock
 
 log = get_logger("scheduler.service")
@@ -35,34 +36,32 @@ log = get_logger("scheduler.service")
 _active: Service | None = None
 
 
-def fire_campaign_job(campaign_name: str) -> None:
-    """What APScheduler calls at a campaign's fire time."""
+def table_job(job_id: str) -> None:
+    """What APScheduler calls: the job table's row `job_id`, on the active service's loop."""
     service = _active
-    if service is None:
-        log.warning("job.no_service", campaign=campaign_name)
+    if service is None or service.loop is None:
+        log.warning("job.no_service", job=job_id)
         return
-    service.fire_due(campaign_name)
+    job = service.table.get(job_id)
+    if job is None:
+        log.warning("job.not_in_table", job=job_id)
+        return
+    job.run(service.loop)
+
+
+def fire_campaign_job(campaign_name: str) -> None:
+    """Jobs stored by earlier versions name this; the table's job runs."""
+    table_job(campaign_name)
 
 
 def quota_check_job() -> None:
-    """What APScheduler calls on the quota check day (PINGAN_QUOTA_CHECK)."""
-    service = _active
-    if service is not None and not service.stop.is_set():
-        from scheduler.topups import check_quotas
-
-        with service._fire_lock:
-            check_quotas(service.core)
+    """Jobs stored by earlier versions name this; the table's job runs."""
+    table_job(QUOTA_CHECK_JOB)
 
 
 def report_job() -> None:
-    """What APScheduler calls each morning: the monthly report is written on its due day."""
-    service = _active
-    if service is not None and not service.stop.is_set():
-        from scheduler.reports import write_due_report
-
-        write_due_report(
-            service.core, service.core.clock().astimezone(service.core.settings.tz).date()
-        )
+    """Jobs stored by earlier versions name this; the table's job runs."""
+    table_job(MONTHLY_REPORT_JOB)
 
 
 class Service:
@@ -88,8 +87,8 @@ class Service:
         self._http: Any = None
         self.lock = DatabaseLock(core.engine)
         self._reload = threading.Event()
-        self._fire_lock = threading.Lock()
-        self.planner: Planner | None = None
+        self.loop: Loop | None = None
+        self.table: dict[str, Job] = {}
         self.apscheduler: BackgroundScheduler | None = None
         self.state = "starting"
         self.background_tasks = background_tasks or []
@@ -137,12 +136,8 @@ class Service:
             log.info("service.active", holder=self.lock.holder)
             if self.with_http and not self._http.alive():
                 self._start_http()  # the port was the old leader's, on this same host
-            self.planner = self.core.planner()
-            self.failed = [
-                r
-                for r in self.planner.catch_up(self.core.clock())
-                if r.state == OccurrenceState.FAILED
-            ]
+            self.loop = Loop(self.core)
+            self.failed = [r for r in self.loop.catch_up() if r.state == OccurrenceState.FAILED]
             if self.once:
                 if self.with_dispatch:
                     dispatcher = self._dispatcher()
@@ -176,16 +171,9 @@ class Service:
             self._shutdown()
 
     def _dispatcher(self) -> Any:
-        from scheduler.dispatcher import Dispatcher
-        from scheduler.providers import make_provider
+        from scheduler.dispatcher import build_dispatcher
 
-        return Dispatcher(
-            self.core.engine,
-            make_provider(self.core.settings),
-            self.core.settings,
-            clock=self.core.clock,
-            stop=self.stop,
-        )
+        return build_dispatcher(self.core, stop=self.stop)
 
     def _dispatch_forever(self) -> None:
         dispatcher = self._dispatcher()
@@ -231,7 +219,7 @@ class Service:
             self.stop.wait(self.standby_poll)
         return False
 
-    def _start_apscheduler(self) -> None:
+    def _start_apscheduler(self, *, paused: bool = False) -> None:
         settings = self.core.settings
         sched = BackgroundScheduler(
             jobstores={
@@ -248,42 +236,24 @@ class Service:
         sched.start(paused=True)
         self.apscheduler = sched
         self._build_jobs()
-        sched.resume()
+        if not paused:  # paused: the table registered, nothing run (a test looks at it)
+            sched.resume()
 
     def _build_jobs(self) -> None:
+        """Put the loop's job table into APScheduler (and drop jobs no longer in it)."""
         sched = self.apscheduler
-        assert sched is not None
-        tz = self.core.settings.tz
-        wanted = {}
-        now = self.core.clock()
-        for c in self.core.campaigns.scheduled():
-            trigger = c.trigger(tz)
-            # A campaign whose window is over has nothing left to fire (missed firings were
-            # caught up at start, within the grace period).
-            nxt = trigger.get_next_fire_time(None, now) if trigger is not None else None
-            if nxt is None or nxt < now:  # a one-off date trigger answers its past date
-                continue
-            wanted[c.name] = trigger
-        from apscheduler.triggers.cron import CronTrigger
-
-        from scheduler.topups import check_trigger
-
-        housekeeping = {
-            "_quota_check": (quota_check_job, check_trigger(self.core.settings.quota_check, tz)),
-            "_monthly_report": (report_job, CronTrigger(hour=7, minute=30, timezone=tz)),
-        }
+        assert sched is not None and self.loop is not None
+        self.table = {job.id: job for job in self.loop.jobs(after=self.core.clock())}
         for job in sched.get_jobs():
-            if job.id not in wanted and job.id not in housekeeping:
+            if job.id not in self.table:
                 job.remove()
-        for job_id, (func, trig) in housekeeping.items():
-            sched.add_job(func, trig, id=job_id, name=job_id, replace_existing=True)
-        for name, trigger in wanted.items():
+        for job_id, job in self.table.items():
             sched.add_job(
-                fire_campaign_job,
-                trigger,
-                args=[name],
-                id=name,
-                name=name,
+                table_job,
+                job.trigger,
+                args=[job_id],
+                id=job_id,
+                name=job_id,
                 replace_existing=True,
             )
         jobs = {j.id: j.next_run_time for j in sched.get_jobs()}
@@ -298,38 +268,15 @@ class Service:
         except Exception as exc:
             log.error("campaigns.reload_failed", error=str(exc))
             return
-        with self._fire_lock:
-            self.planner = self.core.planner()
+        assert self.loop is not None
+        self.loop.rebuild_planner()
         self._build_jobs()
         log.info("campaigns.reloaded", campaigns=len(self.core.campaigns.all))
 
     def fire_due(self, campaign_name: str) -> None:
         """Fire the campaign's latest due time (the job runs once for coalesced misses)."""
-        with self._fire_lock:
-            planner = self.planner
-            if planner is None or self.stop.is_set():
-                return
-            try:
-                campaign = planner.campaigns.get(campaign_name)
-            except Exception:
-                log.warning("job.unknown_campaign", campaign=campaign_name)
-                return
-            now = self.core.clock()
-            t = planner.latest_due(campaign, now + dt.timedelta(seconds=1))
-            if t is None:
-                log.info("job.nothing_due", campaign=campaign_name)
-                return
-            try:
-                planner.fire_scheduled(campaign, t)
-            except Exception as exc:
-                # The expander records an occurrence's own failure; this is the database or
-                # the like. The next firing, or the catch-up at the next start, tries again.
-                log.error(
-                    "job.fire_failed",
-                    campaign=campaign_name,
-                    error=describe(exc),
-                    traceback=masked_traceback(exc),
-                )
+        if self.loop is not None:
+            self.loop.fire_due(campaign_name)
 
     def _shutdown(self) -> None:
         global _active

@@ -106,7 +106,8 @@ class Settings(BaseSettings):
     templates_dir: Path = Path("templates/messages")
     reports_dir: Path | None = None
     timezone: str = "Asia/Shanghai"
-    provider: Literal["dryrun", "twilio"] = "dryrun"
+    # A name in scheduler.providers.registry (dryrun, twilio, …).
+    provider: str = "dryrun"
     log_format: Literal["auto", "pretty", "json"] = "auto"
     log_level: str = "INFO"
 
@@ -147,6 +148,15 @@ class Settings(BaseSettings):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("provider")
+    @classmethod
+    def _registered_provider(cls, value: str) -> str:
+        from scheduler.providers.registry import names
+
+        if value not in names():
+            raise ValueError(f"unknown provider {value!r} (known: {', '.join(names())})")
         return value
 
     @field_validator("sending_hours")

@@ -1,15 +1,15 @@
-"""Driving the same firing, expansion and dispatch code on a controlled clock.
+"""The service's loop on a controlled clock.
 
-`pingan simulate` and the scheduler tests use this: it walks the campaigns' fire times in
-order (from the same APScheduler triggers the live service uses), fires each as the service
-would, can leave out a downtime (after which the service's start-up catch-up runs), and lets
-the dispatcher send between firings.
+`pingan simulate` and the scheduler tests use this: it walks the job table the live service
+runs (`scheduler.loop`: campaigns, the quota check and its top-ups, the monthly report on its
+due day) through simulated time in burst mode, can leave out a downtime (after which the
+service's start-up catch-up runs), and lets the dispatcher drain the outbox after each step.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import heapq
+import itertools
 import shutil
 import tempfile
 import time
@@ -20,9 +20,9 @@ from typing import Any
 
 from apscheduler.triggers.base import BaseTrigger
 
-from scheduler.campaigns import Campaign
 from scheduler.core import Core
 from scheduler.logs import get_logger
+from scheduler.loop import Loop
 from scheduler.settings import Settings
 
 log = get_logger("scheduler.simulation")
@@ -57,18 +57,14 @@ class Timeline:
     missed: list[tuple[str, dt.datetime]] = field(default_factory=list)
 
 
-def merged_fire_times(
-    campaigns: list[Campaign], tz: dt.tzinfo, start: dt.datetime, end: dt.datetime
-) -> Iterator[tuple[dt.datetime, Campaign]]:
-    """Every (time, campaign) firing in (start, end], in time order."""
-
-    def stream(i: int, c: Campaign) -> Iterator[tuple[dt.datetime, int, Campaign]]:
-        for t in c.fire_times(tz, start, end):  # type: ignore[arg-type]
-            yield t, i, c
-
-    streams = [stream(i, c) for i, c in enumerate(campaigns)]
-    for t, _i, c in heapq.merge(*streams, key=lambda x: (x[0], x[1])):
-        yield t, c
+def _due_times(trigger: BaseTrigger, start: dt.datetime, end: dt.datetime) -> Iterator[dt.datetime]:
+    """A trigger's fire times in (start, end], as APScheduler would wake for them."""
+    previous: dt.datetime | None = None
+    now = start + dt.timedelta(microseconds=1)
+    while (t := trigger.get_next_fire_time(previous, now)) is not None and t <= end:
+        if t > start:
+            yield t
+        previous, now = t, t + dt.timedelta(microseconds=1)
 
 
 def drive(
@@ -78,58 +74,53 @@ def drive(
     end: dt.datetime,
     *,
     downtimes: list[Downtime] | None = None,
-    between: Callable[[dt.datetime], None] | None = None,
-    tasks: list[tuple[BaseTrigger, Callable[[dt.datetime], None]]] | None = None,
+    dispatch: Callable[[dt.datetime], None] | None = None,
+    loop: Loop | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Timeline:
-    """Run the scheduler from `start` to `end` on `clock`.
+    """Run the service's job table (`scheduler.loop`) from `start` to `end` on `clock`, in
+    burst mode: move the clock to the next due job, run every job due then, `dispatch(t)`
+    until the outbox is empty, repeat.
 
-    `between(t)` runs before each clock step to `t` (the simulator dispatches there); `tasks`
-    are the service's housekeeping jobs (the quota check), run at their triggers' times;
+    A downtime skips the jobs due in it; at its end the service's start-up catch-up runs.
     `on_progress(done, total)` hears of each clock step (a CLI progress bar).
     """
     downtimes = sorted(downtimes or [], key=lambda d: d.start)
-    planner = core.planner()
+    loop = loop or Loop(core)
     timeline = Timeline()
-    events: list[tuple[dt.datetime, str, Campaign | None]] = [
-        (t, "fire", c)
-        for t, c in merged_fire_times(core.campaigns.scheduled(), core.settings.tz, start, end)
-    ]
-    events += [(d.end, "restart", None) for d in downtimes if start < d.end <= end]
-    task_events: list[tuple[dt.datetime, Callable[[dt.datetime], None]]] = []
-    for trigger, fn in tasks or []:
-        previous: dt.datetime | None = None
-        now = start
-        while (t := trigger.get_next_fire_time(previous, now)) is not None and t <= end:
-            task_events.append((t, fn))
-            previous, now = t, t + dt.timedelta(microseconds=1)
-    events += [(t, f"task:{i}", None) for i, (t, _fn) in enumerate(task_events)]
-    events.sort(key=lambda e: (e[0], 0 if e[1] == "restart" else 1))
-    for step, (t, what, campaign) in enumerate(events):
+    table = loop.jobs()
+    # (time, order, job index): a restart runs before the jobs due at the same time, and the
+    # jobs due together run in table order (campaigns, the quota check, the report).
+    restart = -1
+    steps = [(t, i, i) for i, job in enumerate(table) for t in _due_times(job.trigger, start, end)]
+    steps += [(d.end, restart, restart) for d in downtimes if start < d.end <= end]
+    steps.sort()
+    times = sorted({t for t, _o, _i in steps})
+    done = 0
+    for t, group in itertools.groupby(steps, key=lambda s: s[0]):
         if on_progress is not None:
-            on_progress(step, len(events))
-        if between is not None:
-            between(t)
+            on_progress(done, len(times))
         clock.set(t)
-        if what.startswith("task:"):
-            if not any(d.covers(t) for d in downtimes):
-                task_events[int(what[5:])][1](t)
-            continue
-        if what == "restart":
-            for r in planner.catch_up(t):
-                timeline.caught_up.append((str(r.occurrence_id), t))
-            continue
-        assert campaign is not None
-        if any(d.covers(t) for d in downtimes):
-            timeline.missed.append((campaign.name, t))
-            continue
-        planner.fire_scheduled(campaign, t)
-        timeline.fired.append((campaign.name, t))
-    if between is not None:
-        between(end)
+        down = any(d.covers(t) for d in downtimes)
+        for _t, _order, index in group:
+            if index == restart:
+                for r in loop.catch_up():
+                    timeline.caught_up.append((str(r.occurrence_id), t))
+                continue
+            job = table[index]
+            if down:
+                if job.campaign is not None:
+                    timeline.missed.append((job.campaign, t))
+                continue
+            job.run(loop)
+            if job.campaign is not None:
+                timeline.fired.append((job.campaign, t))
+        if dispatch is not None:
+            dispatch(t)
+        done += 1
     clock.set(end)
     if on_progress is not None:
-        on_progress(len(events), len(events))
+        on_progress(len(times), len(times))
     return timeline
 
 
@@ -143,6 +134,8 @@ class SimulationResult:
     topups: list[dict[str, Any]]
     recipients: int
     elapsed_seconds: float
+    # The monthly reports the loop's report job wrote, (due day, path).
+    reports: list[tuple[dt.date, str]] = field(default_factory=list)
 
     @property
     def unmet(self) -> list[Any]:
@@ -167,8 +160,9 @@ def simulate(
 ) -> SimulationResult:
     """Run the configured plan over a simulated clock in a scratch database, dry-run provider.
 
-    The same planner, expansion, dispatcher and quota code as the service; top-ups fire on the
-    quota check day as they would live. Returns every rule's attainment for each window that
+    The service's own loop: the same jobs (campaigns, quota check and top-ups, the monthly
+    report on its due day, written into the scratch folder), planner, expansion, dispatcher
+    and quota code. Returns every rule's attainment for each window that
     ended within the period.
     """
     began = time.perf_counter()
@@ -194,12 +188,10 @@ def _simulate_in(
     began: float,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> SimulationResult:
-    from scheduler.dispatcher import Dispatcher
-    from scheduler.providers import make_provider
+    from scheduler.dispatcher import build_dispatcher
     from scheduler.quotas import load_rules, status, windows
     from scheduler.recipients import import_recipients
     from scheduler.store.delivery import state_counts
-    from scheduler.topups import check_quotas, check_trigger
 
     tz = settings.tz
     start = dt.datetime.combine(start_day, dt.time(0), tz)
@@ -211,6 +203,8 @@ def _simulate_in(
         update={
             "database_url": f"sqlite:///{db_file}",
             "data_dir": workdir,
+            # The monthly reports the loop writes on their due days land beside the database.
+            "reports_dir": workdir,
             "provider": "dryrun",
             # A scratch database thrown away afterwards: no fsync, no provider log.
             "sqlite_synchronous": "off",
@@ -228,26 +222,15 @@ def _simulate_in(
     clock = ManualClock(start)
     core = Core(sim_settings, clock=clock)
     imported = import_recipients(core.engine, core.district, recipients_file)
-    provider = make_provider(sim_settings)
-    dispatcher = Dispatcher(core.engine, provider, sim_settings, clock=clock, stop=core.stop)
-    topups: list[dict[str, Any]] = []
+    dispatcher = build_dispatcher(core)
 
     def send_due(_t: dt.datetime) -> None:
         dispatcher.run(until_empty=True)
 
-    def quota_check(t: dt.datetime) -> None:
-        topups.extend(check_quotas(core, t))
-
-    trigger = check_trigger(sim_settings.quota_check, tz)
     try:
+        loop = Loop(core)
         timeline = drive(
-            core,
-            clock,
-            start,
-            end,
-            between=send_due,
-            tasks=[(trigger, quota_check)],
-            on_progress=on_progress,
+            core, clock, start, end, dispatch=send_due, loop=loop, on_progress=on_progress
         )
         rules = load_rules(sim_settings.config_dir, core.district)
         pairs = [
@@ -267,7 +250,8 @@ def _simulate_in(
         timeline=timeline,
         statuses=statuses,
         messages=counts,
-        topups=topups,
+        topups=loop.topups,
         recipients=imported,
+        reports=loop.reports,
         elapsed_seconds=time.perf_counter() - began,
     )

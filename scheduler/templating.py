@@ -31,6 +31,7 @@ from jinja2 import BaseLoader, Environment, StrictUndefined, TemplateSyntaxError
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.exceptions import TemplateError as JinjaTemplateError
 
+from scheduler.clock import Clock, system_clock
 from scheduler.config import SEGMENTS, District, Town, Village
 from scheduler.exceptions import TemplateError, TemplateNotApproved, UnknownName
 from scheduler.sandbox import (
@@ -187,8 +188,13 @@ class Catalogue:
         *,
         max_segments: int = 2,
         limits: Mapping[str, Limits] | None = None,
+        clock: Clock = system_clock,
+        tz: dt.tzinfo = dt.UTC,
     ) -> None:
         self.dir = templates_dir
+        # `{{ today }}` and approval times come from the clock (simulated runs move it).
+        self.clock = clock
+        self.tz = tz
         self.district = district
         self.max_segments = max_segments
         self.limits = dict(limits or {"sms": SMS_LIMITS, "letter": LETTER_LIMITS})
@@ -357,6 +363,7 @@ class Catalogue:
     ) -> dict[str, Any]:
         d = self.district.district
         s = d.survey
+        day = today or self.clock().astimezone(self.tz).date()
         ctx: dict[str, Any] = {
             "district": d.name,
             "district_short": d.short_name,
@@ -368,7 +375,7 @@ class Catalogue:
             "survey_household_end": cn_date(s.household_end),
             "survey_phone_start": cn_date(s.phone_start),
             "survey_phone_end": cn_date(s.phone_end),
-            "today": f"{(today or dt.date.today()).year}年{cn_date(today or dt.date.today())}",
+            "today": f"{day.year}年{cn_date(day)}",
         }
         if town is not None:
             ctx["town"] = town.name
@@ -483,7 +490,7 @@ class Catalogue:
         approvals[name] = {
             "hash": info.source_hash,
             "approved_by": by,
-            "approved_at": (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds"),
+            "approved_at": (now or self.clock()).isoformat(timespec="seconds"),
         }
         text = yaml.safe_dump(dict(sorted(approvals.items())), allow_unicode=True, sort_keys=False)
         header = "# Approved content hashes (sha256 of each template file). Written by\n"

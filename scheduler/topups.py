@@ -17,6 +17,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from scheduler.core import Core
 from scheduler.exceptions import SettingsError
+from scheduler.firings import Target
 from scheduler.logs import get_logger
 from scheduler.planner import Firing
 from scheduler.quotas import Status, attainment, load_rules, window_containing
@@ -72,17 +73,10 @@ def check_quotas(core: Core, now: dt.datetime | None = None) -> list[dict[str, A
             if gap <= 0:
                 continue
             at = next_allowed(now, core.settings.allowed_hours, tz).replace(microsecond=0)
-            target = {
-                "town": town,
-                "rule": rule.id,
-                "window": window.label,
-                "since": start.isoformat(),
-                "until": end.isoformat(),
-                "limit": gap,
-            }
-            result = core.planner().fire(
-                Firing(campaign, at, f"{campaign.name}:{rule.id}/{town}", "topup", target)
+            target = Target(
+                town=town, rule=rule.id, window=window.label, since=start, until=end, limit=gap
             )
+            result = core.planner().fire(Firing.topup(campaign, at, target))
             log.info(
                 "topup.scheduled",
                 rule=rule.id,
@@ -96,5 +90,7 @@ def check_quotas(core: Core, now: dt.datetime | None = None) -> list[dict[str, A
                 occurrence_id=result.occurrence_id,
                 queued=result.queued,
             )
-            done.append({**target, "occurrence_id": result.occurrence_id, "queued": result.queued})
+            done.append(
+                {**target.to_json(), "occurrence_id": result.occurrence_id, "queued": result.queued}
+            )
     return done

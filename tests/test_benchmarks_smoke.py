@@ -50,6 +50,11 @@ def _run(args: list[str], tmp_path: Path) -> str:
             "bump_counters",
         ),
         ("bench_import.py", ["--rows", "2000"], "import / baseline"),
+        (
+            "bench_dashboard.py",
+            ["--messages", "2000", "--residents", "2000", "--towns", "5", "--runs", "1"],
+            "goal under 300 ms",
+        ),
         ("bench_expand.py", ["--recipients", "2000", "--naive", "50"], "pingan / ceiling"),
         ("bench_reconcile.py", ["--stuck", "50", "--log-lines", "200"], "reconcile"),
         ("bench_expand_process.py", ["--recipients", "500"], "pingan / raw"),

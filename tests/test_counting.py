@@ -28,8 +28,8 @@ from scheduler.numbers import half_up, half_up_int
 from scheduler.providers import make_provider
 from scheduler.reports import (
     QUOTA_HEADER,
-    _quota_rows,
     build_monthly_report,
+    quota_rows,
     report_month,
     weekly_target,
     write_due_report,
@@ -172,7 +172,7 @@ def test_straddling_week_has_the_same_status_in_the_report_and_quota_status(
         (st,) = [s for s in report.quotas if s.window.label == "2022-W44"]
         row = next(r for r in st.rows if r.subject.key == "huanghu")
         table = next(
-            r for r in _quota_rows(report) if r[1].startswith("2022-W44") and r[6] == town.name
+            r for r in quota_rows(report) if r[1].startswith("2022-W44") and r[6] == town.name
         )
         return table, row
 

@@ -80,7 +80,7 @@ def test_each_failure_is_classified_and_never_reposted(
         p.close()
         assert info.value.kind == kind
         assert info.value.code == code
-        assert info.value.opt_out == opt_out
+        assert info.value.opted_out == opt_out
         if code == "20429":
             assert info.value.retry_after == 7.0
         # The client made exactly one request: no automatic re-POST.

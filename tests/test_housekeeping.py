@@ -14,7 +14,7 @@ from scheduler.core import Core
 from scheduler.dispatcher import Dispatcher
 from scheduler.models import Attempt, Message, MessageState, PendingStatus
 from scheduler.providers import make_provider
-from scheduler.providers.base import OutboundMessage
+from scheduler.providers.base import DeliveryStatus, OutboundMessage
 from scheduler.providers.dryrun import DryRunProvider
 from scheduler.simulation import ManualClock
 from scheduler.store import delivery
@@ -28,7 +28,12 @@ def test_pending_statuses_for_unknown_ids_expire(core: Core) -> None:
     now = MONDAY + dt.timedelta(days=10)
     for sid, age in (("SMold", 8), ("SMweek", 6), ("SMnew", 0)):
         result = delivery.apply_status(
-            core.engine, sid, "delivered", None, now=now - dt.timedelta(days=age), tz=TZ
+            core.engine,
+            sid,
+            DeliveryStatus.DELIVERED,
+            None,
+            now=now - dt.timedelta(days=age),
+            tz=TZ,
         )
         assert result == "pending"
     clock = ManualClock(now)

@@ -72,7 +72,9 @@ def test_opt_out_cancels_queued_and_retrying_but_not_sending(core: Core) -> None
             .where(Message.phone == a, Message.occurrence_id == survey)
             .values(attempts=2, next_attempt_at=later, error_code="20429")
         )
-    new, cancelled = record_opt_outs_counted(core.engine, [a, b], source="cli", reason="电话投诉")
+    new, cancelled = record_opt_outs_counted(
+        core.engine, [a, b], source="cli", reason="电话投诉", now=core.clock()
+    )
     assert (new, cancelled) == (2, 3)
     assert _messages(core, a) == {
         weekly: (MessageState.SENDING, None),
@@ -84,7 +86,7 @@ def test_opt_out_cancels_queued_and_retrying_but_not_sending(core: Core) -> None
     }
     assert set(_messages(core, c).values()) == {(MessageState.QUEUED, None)}
     # Recording it again changes nothing and cancels nothing more.
-    assert record_opt_outs_counted(core.engine, [a], source="api") == (0, 0)
+    assert record_opt_outs_counted(core.engine, [a], source="api", now=core.clock()) == (0, 0)
 
     # The one `sending` keeps its fate: if the provider says "try later", it is cancelled then.
     with Session(core.engine) as s:
@@ -146,7 +148,7 @@ def test_dispatch_drains_around_opt_outs_and_finishes_the_occurrences(core: Core
     clock = ManualClock(MONDAY + dt.timedelta(hours=2))
     core.clock = clock
     weekly, survey = _two_occurrences(core, 30)
-    record_opt_outs(core.engine, ["13800000000", "18600000001"], source="api")
+    record_opt_outs(core.engine, ["13800000000", "18600000001"], source="api", now=core.clock())
     with Session(core.engine) as s, s.begin():
         s.execute(insert(OptOut), [{"phone": "18900000002", "source": "x", "created_at": MONDAY}])
     d = Dispatcher(core.engine, make_provider(core.settings), core.settings, clock=clock)
@@ -185,7 +187,7 @@ def test_an_opt_out_landing_after_the_claim_is_honoured_before_the_send(core: Co
                 if s.scalar(select(Message.state).where(Message.phone == last)) == "sending":
                     break
             time.sleep(0.02)
-        record_opt_outs(core.engine, [last], source="reply", reason="keyword:t")
+        record_opt_outs(core.engine, [last], source="reply", reason="keyword:t", now=core.clock())
 
     refuser = threading.Thread(target=refuse_once_claimed)
     refuser.start()

@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BROKEN = ROOT / "recipients" / "broken-sample.csv"
 HEADER = "phone,town,village,name,household,carrier,residence,segments"
 
+NOW = dt.datetime(2022, 10, 10, 1, 0, tzinfo=dt.UTC)
+
 
 def _write(path: Path, lines: list[str], encoding: str = "utf-8") -> Path:
     path.write_bytes("\r\n".join(lines).encode(encoding) + b"\r\n")
@@ -144,8 +146,16 @@ def test_opt_outs_survive_reimport(core: Core, tmp_path: Path) -> None:
         [HEADER, "13800138000,huanghu,qingbo,,,,,", "18600000001,huanghu,qingbo,,,,,"],
     )
     import_recipients_file(core.engine, core.district, path)
-    assert record_opt_outs(core.engine, ["13800138000"], source="cli", reason="电话投诉") == 1
-    assert record_opt_outs(core.engine, ["13800138000", "18900000002"], source="api") == 1
+    assert (
+        record_opt_outs(
+            core.engine, ["13800138000"], source="cli", reason="电话投诉", now=core.clock()
+        )
+        == 1
+    )
+    assert (
+        record_opt_outs(core.engine, ["13800138000", "18900000002"], source="api", now=core.clock())
+        == 1
+    )
     import_recipients_file(core.engine, core.district, path)
     assert is_opted_out(core.engine, "13800138000")
     assert is_opted_out(core.engine, "18900000002")  # recorded before any list names it
@@ -156,9 +166,11 @@ def test_opt_outs_survive_reimport(core: Core, tmp_path: Path) -> None:
 
 def test_opt_out_keeps_its_first_record_and_long_text_fits(engine: Engine) -> None:
     long_reason = "退订" * 300
-    assert record_opt_outs(engine, ["13800138000"], source="x" * 100, reason=long_reason) == 1
-    assert record_opt_outs(engine, ["13800138000"], source="reply", reason="T") == 0
-    assert record_opt_outs(engine, [], source="cli") == 0
+    assert (
+        record_opt_outs(engine, ["13800138000"], source="x" * 100, reason=long_reason, now=NOW) == 1
+    )
+    assert record_opt_outs(engine, ["13800138000"], source="reply", reason="T", now=NOW) == 0
+    assert record_opt_outs(engine, [], source="cli", now=NOW) == 0
     assert is_opted_out(engine, "13800138000")
 
 

@@ -42,6 +42,7 @@ def _fill(core: Core) -> None:
             "other": '=HYPERLINK("x")',
             "description": "10月10日在青波村开展平安宣讲。\n发放手册200份。",
         },
+        now=core.clock(),
     )
 
 

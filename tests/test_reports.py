@@ -59,7 +59,12 @@ def _history(core: Core) -> None:
 def test_form_counts_sms_from_the_database_and_activities_from_operators(core: Core) -> None:
     _history(core)
     activities.add(
-        core.engine, core.district, "黄湖镇", "2022-10", {"households_visited": "15", "banners": 2}
+        core.engine,
+        core.district,
+        "黄湖镇",
+        "2022-10",
+        {"households_visited": "15", "banners": 2},
+        now=core.clock(),
     )
     report = build_monthly_report(core, "2022-10")
     assert [r[0] for r in report.form] == [t.name for t in core.district.towns]
@@ -82,13 +87,21 @@ def test_form_counts_sms_from_the_database_and_activities_from_operators(core: C
 
 def test_activities_validate_and_freeze_once_filed(core: Core) -> None:
     with pytest.raises(PingAnError, match="negative"):
-        activities.add(core.engine, core.district, "huanghu", "2022-10", {"banners": -1})
+        activities.add(
+            core.engine, core.district, "huanghu", "2022-10", {"banners": -1}, now=core.clock()
+        )
     with pytest.raises(PingAnError, match="YYYY-MM"):
-        activities.add(core.engine, core.district, "huanghu", "2022-13", {"banners": 1})
-    activities.add(core.engine, core.district, "huanghu", "2022-10", {"banners": 1})
-    mark_filed(core.engine, "2022-10", "x.xlsx")
+        activities.add(
+            core.engine, core.district, "huanghu", "2022-13", {"banners": 1}, now=core.clock()
+        )
+    activities.add(
+        core.engine, core.district, "huanghu", "2022-10", {"banners": 1}, now=core.clock()
+    )
+    mark_filed(core.engine, "2022-10", "x.xlsx", now=core.clock())
     with pytest.raises(PingAnError, match="filed"):
-        activities.add(core.engine, core.district, "huanghu", "2022-10", {"banners": 2})
+        activities.add(
+            core.engine, core.district, "huanghu", "2022-10", {"banners": 2}, now=core.clock()
+        )
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from scheduler import quotas as q
 from scheduler.core import Core
-from scheduler.reports import QUOTA_HEADER, _quota_rows, build_monthly_report
+from scheduler.reports import QUOTA_HEADER, build_monthly_report, quota_rows
 from scheduler.sends import import_sends
 from scheduler.web import HttpServer, create_app
 from tests.test_quotas import History
@@ -125,7 +125,7 @@ def test_reported_carrier_sends_meet_a_quota_own_sends_miss(
     report = build_monthly_report(core, "2022-10")
     table = next(
         r
-        for r in _quota_rows(report)
+        for r in quota_rows(report)
         if r[1] == "2022-W41" and r[6] == "移动" and r[0].startswith("运营商10-12月每周")
     )
     cols = {h: table[i] for i, h in enumerate(QUOTA_HEADER)}

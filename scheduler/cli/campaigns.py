@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import signal
 from typing import Any
@@ -22,10 +21,8 @@ from scheduler.cli.common import (
     show_progress,
     table,
 )
-from scheduler.exceptions import PingAnError
-from scheduler.expansion import ExpansionResult
-from scheduler.models import Occurrence, OccurrenceState
-from scheduler.store import outbox
+from scheduler.services import campaigns as services
+from scheduler.services import occurrences
 
 app = typer.Typer(help="Campaigns: list, run one now, reload definitions.", no_args_is_help=True)
 occurrences_app = typer.Typer(
@@ -34,60 +31,10 @@ occurrences_app = typer.Typer(
 )
 
 
-def _result_dict(result: ExpansionResult) -> dict[str, Any]:
-    return {
-        "occurrence_id": result.occurrence_id,
-        "campaign": result.campaign,
-        "state": str(result.state),
-        "queued": result.queued,
-        "excluded": result.excluded,
-        "error": result.error,
-    }
-
-
-def _local(t: dt.datetime | None, tz: Any) -> str | None:
-    return t.astimezone(tz).strftime("%Y-%m-%d %H:%M") if t else None
-
-
-def occurrence_dict(o: Occurrence, tz: Any) -> dict[str, Any]:
-    return {
-        "id": o.id,
-        "campaign": o.campaign,
-        "scheduled_at": _local(o.scheduled_at, tz),
-        "kind": o.kind,
-        "channel": o.channel,
-        "state": str(o.state),
-        "paused": o.paused,
-        "queued": o.queued,
-        "excluded": dict(o.excluded or {}),
-        "error": o.error,
-    }
-
-
 @app.command("list")
 def list_campaigns(ctx: typer.Context, fmt: OutputFormat = FORMAT_OPTION) -> None:
     """Each campaign with its window, next firing times and last occurrence."""
-    c = core(ctx)
-    tz = c.settings.tz
-    planner = c.planner()
-    last = outbox.last_occurrences(c.engine)
-    rows: list[dict[str, Any]] = []
-    for camp in c.campaigns.all:
-        nxt = planner.next_fire_times(camp, c.clock())
-        lo = last.get(camp.name)
-        rows.append(
-            {
-                "name": camp.name,
-                "channel": camp.channel,
-                "schedule": camp.schedule.cron
-                or (camp.schedule.at.isoformat(" ") if camp.schedule.at else None)
-                or f"on {camp.schedule.event}",
-                "active": f"{camp.active.start}..{camp.active.end}",
-                "content": camp.template or camp.pool or ",".join(camp.template_names()),
-                "next": [_local(t, tz) for t in nxt],
-                "last": occurrence_dict(lo, tz) if lo else None,
-            }
-        )
+    rows = [camp.to_dict() for camp in services.list_campaigns(core(ctx))]
     if fmt == OutputFormat.json:
         print_json(rows)
         return
@@ -127,26 +74,12 @@ def run_campaign(
 ) -> None:
     """Expand one occurrence now, as the scheduler would; running it again changes nothing."""
     c = core(ctx)
-    tz = c.settings.tz
-    campaign = c.campaigns.get(name)
-    if at:
-        try:
-            when = dt.datetime.fromisoformat(at)
-        except ValueError:
-            raise PingAnError(f"--at {at!r} is not an ISO date-time") from None
-        when = when.replace(tzinfo=tz) if when.tzinfo is None else when
-    else:
-        when = c.clock().replace(microsecond=0)
-    from scheduler.planner import Firing
-
-    planner = c.planner()
+    c.campaigns.get(name)  # an unknown name fails before the bar appears
+    when = services.parse_local_time(at, c.settings.tz) if at else None
     with progress_bar("expanding", show=show_progress(fmt)) as on_progress:
-        planner.expander.on_progress = counting(
-            on_progress, recipients_total(c, show_progress(fmt))
-        )
-        result = planner.fire(Firing(campaign, when.astimezone(dt.UTC), campaign.name, "manual"))
-    data = _result_dict(result)
-    _print_result(data, fmt)
+        advance = counting(on_progress, recipients_total(c, show_progress(fmt)))
+        result = services.run_campaign(c, name, when, on_progress=advance)
+    _print_result(result.to_dict(), fmt)
     if result.error:
         raise typer.Exit(1)
 
@@ -175,8 +108,7 @@ def _print_result(data: dict[str, Any], fmt: OutputFormat) -> None:
 def reload_campaigns(ctx: typer.Context) -> None:
     """Validate the campaign definitions; a `pingan run` on this machine rebuilds its jobs."""
     c = core(ctx)
-    c.reload()
-    console.print(f"{len(c.campaigns.all)} campaigns valid")
+    console.print(f"{services.reload_campaigns(c)} campaigns valid")
     pidfile = c.settings.data_dir / "pingan-run.pid"
     try:
         pid = int(pidfile.read_text())
@@ -196,11 +128,8 @@ def list_occurrences(
     """History of occurrences with their counts per exclusion reason."""
     if ctx.invoked_subcommand:
         return
-    c = core(ctx)
-    tz = c.settings.tz
     rows = [
-        occurrence_dict(o, tz)
-        for o in outbox.list_occurrences(c.engine, campaign=campaign, limit=limit)
+        o.to_dict() for o in occurrences.list_occurrences(core(ctx), campaign=campaign, limit=limit)
     ]
     if fmt == OutputFormat.json:
         print_json(rows)
@@ -230,8 +159,10 @@ def list_occurrences(
 
 def _set_paused(ctx: typer.Context, occurrence_id: int, paused: bool) -> None:
     c = core(ctx)
-    if not outbox.set_paused(c.engine, occurrence_id, paused):
-        raise PingAnError(f"no occurrence {occurrence_id}")
+    if paused:
+        occurrences.pause_occurrence(c, occurrence_id)
+    else:
+        occurrences.resume_occurrence(c, occurrence_id)
     console.print(f"occurrence {occurrence_id} {'paused' if paused else 'resumed'}")
 
 
@@ -258,8 +189,7 @@ def retry(
     It resumes where it stopped: nobody already queued is queued again. Exits 1 if the
     occurrence is not failed, or fails again (with the reason).
     """
-    c = core(ctx)
-    result = c.planner().retry(occurrence_id)
-    _print_result(_result_dict(result), fmt)
-    if result.state == OccurrenceState.FAILED or result.error:
+    result = occurrences.retry_occurrence(core(ctx), occurrence_id)
+    _print_result(result.to_dict(), fmt)
+    if result.failed:
         raise typer.Exit(1)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from scheduler.cases import import_cases
 from scheduler.cli.common import FORMAT_OPTION, OutputFormat, console, core, print_json
+from scheduler.services.cases import import_cases
 
 app = typer.Typer(help="Fraud cases: import, and the alerts they trigger.", no_args_is_help=True)
 
@@ -29,14 +29,14 @@ def import_file(
 ) -> None:
     """Import cases; a village crossing a must-reach rule gets an alert at the next allowed time."""
     c = core(ctx)
+    fixed: dt.datetime | None = None
     if clock:
         try:
             at = dt.datetime.fromisoformat(clock)
         except ValueError:
             raise typer.BadParameter(f"--clock {clock!r} is not an ISO date-time") from None
         fixed = at.replace(tzinfo=c.settings.tz) if at.tzinfo is None else at
-        c.clock = lambda: fixed
-    result = import_cases(c, file)
+    result = import_cases(c, file, at=fixed)
     data = {
         "read": result.read,
         "inserted": result.inserted,

@@ -31,7 +31,7 @@ from typer._click.exceptions import UsageError
 
 from scheduler.core import Core
 from scheduler.logs import get_logger
-from scheduler.store import recipients as recipient_store
+from scheduler.services.recipients import recipient_counts
 
 log = get_logger(__name__)
 
@@ -189,7 +189,7 @@ def recipients_total(c: Core, wanted: bool = True) -> int:
     """How many residents an expansion reads at most: the bar's total (0: not counted)."""
     if not wanted:
         return 0
-    return int(recipient_store.stats(c.engine)["total"])
+    return recipient_counts(c).total
 
 
 def show_progress(fmt: OutputFormat | None = None) -> bool:

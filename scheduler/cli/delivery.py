@@ -19,10 +19,8 @@ from scheduler.cli.common import (
     table,
 )
 from scheduler.core import Core
-from scheduler.delivery_stats import STATES, delivery_stats
-from scheduler.dispatcher import Dispatcher, DispatchStats
-from scheduler.providers import make_provider
-from scheduler.store.delivery import unfinished
+from scheduler.dispatcher import DispatchStats, build_dispatcher
+from scheduler.services.delivery import STATES, delivery_stats, messages_left
 
 app = typer.Typer(help="Delivery: statistics by town, carrier, day or error.", no_args_is_help=True)
 
@@ -45,15 +43,14 @@ def dispatch(
 ) -> None:
     """Send queued messages through the configured provider (inside the allowed hours)."""
     c = core(ctx)
-    provider = make_provider(c.settings)
-    dispatcher = Dispatcher(c.engine, provider, c.settings, clock=c.clock, stop=c.stop)
+    dispatcher = build_dispatcher(c)
     show_bar = console.is_terminal and fmt != OutputFormat.json
     try:
         with _progress(c, show_bar) as on_batch:
             stats = dispatcher.run(until_empty=until_empty, max_wait=max_wait, progress=on_batch)
     finally:
         dispatcher.close()
-    left = {k: v for k, v in unfinished(c.engine).items() if v} if until_empty else {}
+    left = {k: v for k, v in messages_left(c).items() if v} if until_empty else {}
     data = {
         "claimed": stats.claimed,
         "sent": stats.sent,
@@ -87,7 +84,7 @@ def _progress(c: Core, show: bool) -> Iterator[Callable[[DispatchStats], None] |
     if not show:
         yield None
         return
-    total = sum(v for k, v in unfinished(c.engine).items() if k != "sending")
+    total = sum(v for k, v in messages_left(c).items() if k != "sending")
     columns = (
         TextColumn("[bold]发送 dispatch"),
         BarColumn(),
@@ -123,7 +120,7 @@ def stats(
     error codes and reasons (opted_out: cancelled because the resident refused)."""
     if by not in (None, "town", "carrier", "day", "error"):
         raise typer.BadParameter("--by must be town, carrier, day or error")
-    data = delivery_stats(core(ctx), month=month, by=by)
+    data = delivery_stats(core(ctx), month=month, by=by).to_dict()
     if fmt == OutputFormat.json:
         print_json(data)
         return

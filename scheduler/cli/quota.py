@@ -20,6 +20,7 @@ from scheduler.cli.common import (
     table_console,
     usage_error,
 )
+from scheduler.services.quotas import month_label, quota_status, quota_targets, week_label
 
 app = typer.Typer(help="Quotas: targets and attainment.", no_args_is_help=True)
 
@@ -54,10 +55,7 @@ def _write_csv(header: list[str], rows: list[list[Any]]) -> None:
 def targets_cmd(ctx: typer.Context, rule: str | None = RULE, fmt: QuotaFormat = FORMAT) -> None:
     """The target table of each rule (or one): base × share rounded half up, total row from
     the total base."""
-    c = core(ctx)
-    rules = q.load_rules(c.settings.config_dir, c.district)
-    chosen = [q.find_rule(rules, rule)] if rule else rules
-    tables = [q.targets(r, c.district) for r in chosen]
+    tables = quota_targets(core(ctx), rule)
     if fmt is QuotaFormat.json:
         print_json([t.to_dict() for t in tables])
         return
@@ -121,33 +119,20 @@ def status_cmd(
     """Attainment of each rule in its window: one row per subject, ranked, laggards marked."""
     if sum(x is not None for x in (week, month, on)) > 1:
         raise usage_error("give at most one of --week, --month, --on")
-    c = core(ctx)
-    tz = c.settings.tz
-    now = c.clock()
-    rules = q.load_rules(c.settings.config_dir, c.district)
-    chosen = [q.find_rule(rules, rule)] if rule else rules
-    if by is not None:
-        kind: q.SubjectKind = by.value
-        # One rule named: count it at that grain; otherwise: the rules of that subject.
-        chosen = [r.as_subject(kind) if rule else r for r in chosen if rule or r.subject == kind]
-
     label: str | None = None
-    day: dt.date | None = None
     try:
         if week:
-            label = q.week_window(q.parse_week(week)).label
+            label = week_label(week)
         elif month:
-            label = f"{q.parse_month(month):%Y-%m}"
+            label = month_label(month)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--week'" if week else "'--month'") from None
-    if label is None:
-        day = _parse_day(on) if on else now.astimezone(tz).date()
-
-    pairs = q.select_windows(chosen, day=day, label=label)
-    statuses = q.status(c.engine, pairs, c.district, now=now, tz=tz, bottom=bottom)
+    day = _parse_day(on) if on else None
+    report = quota_status(core(ctx), rule, label, day, by=by.value if by else None, bottom=bottom)
+    statuses = report.statuses
     results = [(st.rule, st.window, st.rows) for st in statuses]
     if fmt is QuotaFormat.json:
-        print_json([st.to_dict() for st in statuses])
+        print_json(report.rules_json())
         return
     if fmt is QuotaFormat.csv:
         _write_csv(
@@ -198,8 +183,7 @@ def status_cmd(
         )
         return
     if not results:
-        where = label or (day.isoformat() if day else "")
-        console.print(f"no quota rule has a window at {where}")
+        console.print(f"no quota rule has a window at {report.where}")
         return
     for st in statuses:
         r, w, rows = st.rule, st.window, st.rows

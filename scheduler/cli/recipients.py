@@ -21,11 +21,11 @@ from scheduler.cli.common import (
     table,
     usage_error,
 )
-from scheduler.exceptions import InputFileError, InvalidPhoneNumber
-from scheduler.phones import mask, normalize
-from scheduler.recipients import detect_encoding, import_recipients_file
+from scheduler.exceptions import InputFileError
+from scheduler.phones import mask
+from scheduler.recipients import detect_encoding
 from scheduler.sample_data import DEFAULT_SEED, default_count, write_csv
-from scheduler.store import recipients as store
+from scheduler.services import recipients as services
 
 app = typer.Typer(
     help="Recipient lists: import, stats, opt-outs, sample data.", no_args_is_help=True
@@ -45,7 +45,7 @@ def import_file(
 ) -> None:
     """Import (upsert by phone) a recipient list; bad rows go to <name>.rejects.csv with reasons."""
     c = core(ctx)
-    engine, district = c.engine, c.district
+    district = c.district
     show = fmt == OutputFormat.table and console.is_terminal
     size = file.stat().st_size if file.exists() else 0
     progress = Progress(
@@ -59,9 +59,8 @@ def import_file(
     )
     with progress:
         task = progress.add_task("import", total=size)
-        summary = import_recipients_file(
-            engine,
-            district,
+        summary = services.import_recipients(
+            c,
             file,
             encoding=encoding,
             on_progress=lambda n: progress.advance(task, n),
@@ -99,7 +98,7 @@ def import_file(
 @app.command("stats")
 def stats(ctx: typer.Context, fmt: OutputFormat = FORMAT_OPTION) -> None:
     """Counts by town, village, carrier and segment."""
-    data = store.stats(core(ctx).engine)
+    data = services.recipient_counts(core(ctx)).to_dict()
     if fmt == OutputFormat.json:
         print_json(data)
         return
@@ -137,22 +136,22 @@ def opt_out(
         raw.extend(_opt_out_file(file))
     if not raw:
         raise usage_error("give numbers or --file")
-    valid, bad = [], []
-    for where, value in raw:
-        try:
-            valid.append(normalize(value))
-        except InvalidPhoneNumber as exc:
-            bad.append(f"{where}: {exc}")
-    new, cancelled = store.record_opt_outs_counted(
-        core(ctx).engine, valid, source=source, reason=reason
-    )
+    result = services.opt_out(core(ctx), raw, source=source, reason=reason)
+    valid = result.accepted
+    bad = [f"{r.where}: {r.reason}" for r in result.rejected]
     if fmt == OutputFormat.json:
         print_json(
-            {"recorded": len(set(valid)), "new": new, "cancelled": cancelled, "rejected": bad}
+            {
+                "recorded": result.recorded,
+                "new": result.new,
+                "cancelled": result.cancelled,
+                "rejected": bad,
+            }
         )
     else:
         console.print(
-            f"{len(set(valid))} recorded ({new} new); {cancelled} queued messages cancelled"
+            f"{result.recorded} recorded ({result.new} new); "
+            f"{result.cancelled} queued messages cancelled"
         )
         if valid and len(valid) <= 5:
             console.print("numbers: " + ", ".join(mask(p) for p in valid))

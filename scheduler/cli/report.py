@@ -6,10 +6,9 @@ from pathlib import Path
 
 import typer
 
-from scheduler import activities as activities_core
 from scheduler.cli.common import FORMAT_OPTION, OutputFormat, console, core, print_json, table
-from scheduler.reports import build_monthly_report, write_report
-from scheduler.store import activities as store
+from scheduler.services import activities
+from scheduler.services.reports import write_monthly_report
 
 app = typer.Typer(help="The monthly report (平安宣传活动情况表).", no_args_is_help=True)
 activities_app = typer.Typer(
@@ -36,12 +35,8 @@ def monthly(
 ) -> None:
     """Write the monthly report: attachment 7 per unit, summary, quota ranking, delivery by
     carrier, case check-back, weekly sends. Messages count on the local day they were sent."""
-    c = core(ctx)
-    report = build_monthly_report(c, month, town)
-    path = write_report(report, out)
-    if file_it:
-        store.mark_filed(c.engine, month, str(path))
-    console.print(f"wrote {path}" + (" (filed)" if file_it else ""))
+    written = write_monthly_report(core(ctx), month, out, town=town, file_it=file_it)
+    console.print(f"wrote {written.path}" + (" (filed)" if written.filed else ""))
 
 
 @activities_app.command("add")
@@ -60,7 +55,6 @@ def add(
     description: str = typer.Option(None, help="活动开展情况"),
 ) -> None:
     """Create or edit a town's activities for a month (until the month's report is filed)."""
-    c = core(ctx)
     values = {
         "households_visited": households_visited,
         "leaflets": leaflets,
@@ -72,19 +66,18 @@ def add(
         "other": other,
         "description": description,
     }
-    town_id = activities_core.add(c.engine, c.district, town, month, values)
+    town_id = activities.save_activities(core(ctx), town, month, values)
     console.print(f"saved activities of {town_id} for {month}")
 
 
 @activities_app.command("import")
 def import_(ctx: typer.Context, file: Path = typer.Argument(...)) -> None:
     """Import rows of town, month and the columns (English or the form's Chinese headers)."""
-    c = core(ctx)
-    done, problems = activities_core.import_file(c.engine, c.district, file)
-    console.print(f"{done} rows saved, {len(problems)} rejected")
-    for p in problems:
+    result = activities.import_activities(core(ctx), file)
+    console.print(f"{result.saved} rows saved, {len(result.problems)} rejected")
+    for p in result.problems:
         console.print(p, markup=False)
-    if problems:
+    if result.problems:
         raise typer.Exit(1)
 
 
@@ -95,18 +88,14 @@ def list_(
     fmt: OutputFormat = FORMAT_OPTION,
 ) -> None:
     """A month's activities per town."""
-    c = core(ctx)
-    rows = [
-        {"town": a.town_id, **{k: getattr(a, k) for k in store.ACTIVITY_FIELDS}}
-        for a in store.activities_for(c.engine, activities_core.check_month(month)).values()
-    ]
+    listed = activities.list_activities(core(ctx), month)
     if fmt == OutputFormat.json:
-        print_json({"month": month, "filed": store.is_filed(c.engine, month), "rows": rows})
+        print_json(listed.to_dict())
         return
     console.print(
         table(
-            f"Activities {month}" + (" (filed)" if store.is_filed(c.engine, month) else ""),
-            ["town", *store.ACTIVITY_FIELDS],
-            [[r["town"], *[r[k] for k in store.ACTIVITY_FIELDS]] for r in rows],
+            f"Activities {listed.month}" + (" (filed)" if listed.filed else ""),
+            ["town", *activities.FIELDS],
+            [[r["town"], *[r[k] for k in activities.FIELDS]] for r in listed.rows],
         )
     )

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import typer
 
 from scheduler.cli.common import FORMAT_OPTION, OutputFormat, console, core, print_json, table
-from scheduler.quotas import parse_month
-from scheduler.reports import carrier_name
-from scheduler.sends import import_sends
-from scheduler.store import sends as store
+from scheduler.periods import InvalidMonth, Month
+from scheduler.services.sends import import_sends, list_sends
 
 app = typer.Typer(
     help="Reported sends: what carriers and towns sent through their own channels.",
@@ -55,23 +52,11 @@ def list_(
     fmt: OutputFormat = FORMAT_OPTION,
 ) -> None:
     """The reported sends counted in a month."""
-    c = core(ctx)
     try:
-        first = parse_month(month)
-    except ValueError as exc:
+        listed = list_sends(core(ctx), Month.parse(month))
+    except InvalidMonth as exc:
         raise typer.BadParameter(str(exc)) from None
-    last = (first.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
-    rows: list[dict[str, object]] = [
-        {
-            "source": f"{r.source_kind}:{r.source_id}",
-            "subject": f"{r.subject_kind}:{r.subject_key}",
-            "period": r.period,
-            "messages_sent": r.messages_sent,
-            "people_reached": r.people_reached,
-            "note": r.note,
-        }
-        for r in store.list_sends(c.engine, first, last - dt.timedelta(days=1))
-    ]
+    rows = [r.to_dict() for r in listed]
     if fmt == OutputFormat.json:
         print_json(rows)
         return
@@ -81,19 +66,14 @@ def list_(
             ["source", "subject", "period", "messages_sent", "people_reached", "note"],
             [
                 [
-                    _source_label(str(r["source"])),
-                    r["subject"],
-                    r["period"],
-                    r["messages_sent"],
-                    r["people_reached"],
-                    r["note"],
+                    r.source_label,
+                    r.subject,
+                    r.period,
+                    r.messages_sent,
+                    r.people_reached,
+                    r.note,
                 ]
-                for r in rows
+                for r in listed
             ],
         )
     )
-
-
-def _source_label(source: str) -> str:
-    kind, name = source.split(":", 1)
-    return carrier_name(name) if kind == "carrier" else name

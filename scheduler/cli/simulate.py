@@ -40,7 +40,10 @@ def simulate_command(
         Path("recipients/sample.csv"), "--recipients", help="Recipient list to simulate with."
     ),
     scratch: Path = typer.Option(
-        None, "--scratch", help="Folder for the scratch database (default: a new temp folder)."
+        None,
+        "--scratch",
+        help="Folder for the scratch database and the monthly reports written on their due "
+        "days (default: a new temp folder, removed afterwards).",
     ),
     fmt: OutputFormat = FORMAT_OPTION,
 ) -> None:
@@ -88,6 +91,9 @@ def simulate_command(
             }
         )
     all_met = all(not r["unmet"] for r in rules)
+    # The monthly reports the service's report job wrote on their due days (kept only in a
+    # --scratch folder).
+    reports = [{"day": day.isoformat(), "path": path} for day, path in result.reports if scratch]
     data = {
         "from": first.isoformat(),
         "to": last.isoformat(),
@@ -99,6 +105,7 @@ def simulate_command(
         "elapsed_seconds": round(result.elapsed_seconds, 1),
         "all_met": all_met,
         "rules": rules,
+        "reports": reports,
     }
     if fmt == OutputFormat.json:
         print_json(data)
@@ -130,5 +137,7 @@ def simulate_command(
             )
         )
         console.print("every quota met" if all_met else "[bold red]some quotas would be missed[/]")
+        for report in reports:
+            console.print(f"monthly report written {report['day']}: {report['path']}")
     if not all_met:
         raise typer.Exit(1)

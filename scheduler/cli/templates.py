@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Any
-
 import typer
 
 from scheduler.cli.common import FORMAT_OPTION, OutputFormat, console, core, print_json, table
-from scheduler.core import Core
-from scheduler.exceptions import PingAnError, TemplateError
-from scheduler.templating import Catalogue
+from scheduler.services import templates
 
 app = typer.Typer(help="Message templates: list, preview, lint, approve.", no_args_is_help=True)
 
@@ -21,46 +16,12 @@ STATE_LABEL = {
 }
 
 
-def _pools_used(c: Core) -> list[str]:
-    try:
-        return [camp.pool for camp in c.campaigns.all if camp.pool]
-    except PingAnError:
-        return []
-
-
 @app.command("list")
 def list_templates(ctx: typer.Context, fmt: OutputFormat = FORMAT_OPTION) -> None:
     """Every template: channel, audience, length for the sample district, approval state."""
     c = core(ctx)
     cat = c.catalogue
-    rows: list[dict[str, Any]] = []
-    for name in cat.names():
-        info = cat.get(name)
-        chars: int | None = None
-        segments: int | None = None
-        error = None
-        try:
-            rendered = cat.render(name, cat.sample_context(info))
-            chars, segments = rendered.chars, rendered.segments
-        except TemplateError as exc:
-            error = str(exc)
-        rows.append(
-            {
-                "name": name,
-                "channel": info.channel,
-                "theme": info.theme,
-                "audience": list(info.audience),
-                "pool": info.pool,
-                "chars": chars,
-                "segments": segments if info.channel == "sms" else None,
-                "modified_at": info.modified_at.astimezone(c.settings.tz).isoformat(
-                    timespec="seconds"
-                ),
-                "approval": cat.approval_state(name),
-                "hash": info.source_hash,
-                "error": error,
-            }
-        )
+    rows = [t.to_dict() for t in templates.list_templates(c)]
     if fmt == OutputFormat.json:
         print_json(rows)
         return
@@ -94,47 +55,17 @@ def preview(
     fmt: OutputFormat = FORMAT_OPTION,
 ) -> None:
     """The rendered text exactly as a phone shows it, with character and segment counts."""
-    c = core(ctx)
-    cat = c.catalogue
-    info = cat.get(name)
-    district = c.district
-    town_obj = district.find_town(town) if town else district.towns[0]
-    village_obj = (
-        district.find_village(town_obj, village)
-        if village
-        else (town_obj.villages[0] if town_obj.villages else None)
-    )
-    sample = cat.sample_context(info)
-    ctx_vars = cat.context(
-        town=town_obj,
-        village=village_obj if info.channel == "sms" else None,
-        recipient={"name": "张三", "segments": [segment] if segment else []}
-        if info.channel == "sms"
-        else None,
-        extra={k: sample[k] for k in ("fraud_type", "amount_band", "case_date") if k in sample},
-        today=dt.date.today(),
-    )
-    rendered = cat.render(name, ctx_vars)
-    data = {
-        "name": name,
-        "channel": info.channel,
-        "town": town_obj.id,
-        "village": village_obj.id if village_obj else None,
-        "text": rendered.text,
-        "chars": rendered.chars,
-        "segments": rendered.segments,
-        "encoding": rendered.encoding,
-        "template_hash": rendered.template_hash,
-        "approval": cat.approval_state(name),
-    }
+    data = templates.preview_template(
+        core(ctx), name, town=town, village=village, segment=segment
+    ).to_dict()
     if fmt == OutputFormat.json:
         print_json(data)
         return
-    console.print(rendered.text, markup=False, highlight=False)
-    if info.channel == "sms":
+    console.print(data["text"], markup=False, highlight=False)
+    if data["channel"] == "sms":
         console.print(
-            f"[dim]{rendered.chars} characters, {rendered.segments} segment(s), "
-            f"{rendered.encoding}; {STATE_LABEL[cat.approval_state(name)]}[/]"
+            f"[dim]{data['chars']} characters, {data['segments']} segment(s), "
+            f"{data['encoding']}; {STATE_LABEL[data['approval']]}[/]"
         )
 
 
@@ -149,8 +80,7 @@ def lint(
     Exits 1 and names file, line and reason for each problem; 0 when all is well.
     """
     c = core(ctx)
-    cat: Catalogue = c.catalogue
-    problems = cat.lint(names or None, pools_used=_pools_used(c))
+    problems = templates.lint_templates(c, names)
     if fmt == OutputFormat.json:
         print_json(
             [
@@ -163,7 +93,7 @@ def lint(
             # Plain lines, never wrapped: editors and scripts jump to file:line.
             print(p)
         if not problems:
-            console.print(f"{len(names or cat.names())} template(s) ok")
+            console.print(f"{len(names or c.catalogue.names())} template(s) ok")
     if problems:
         raise typer.Exit(1)
 
@@ -175,6 +105,5 @@ def approve(
     by: str = typer.Option(..., "--by", help="Who reviewed it."),
 ) -> None:
     """Record approval of the template's current content (its sha256) in approvals.yaml."""
-    cat = core(ctx).catalogue
-    cat.approve(name, by)
-    console.print(f"approved {name} ({cat.get(name).source_hash[:12]}) by {by}")
+    approval = templates.approve_template(core(ctx), name, by)
+    console.print(f"approved {name} ({approval.source_hash[:12]}) by {by}")

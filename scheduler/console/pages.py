@@ -34,7 +34,9 @@ from scheduler.console.security import (
     verify_csrf,
 )
 from scheduler.core import Core
+from scheduler.exceptions import PingAnError, UnknownName
 from scheduler.models import Role
+from scheduler.services.console import ConsoleError, NotYourTown
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
@@ -53,42 +55,12 @@ class Section:
 
 SECTIONS: tuple[Section, ...] = (
     Section("overview", "/", "总览"),
-    Section(
-        "occurrences",
-        "/occurrences",
-        "发送批次",
-        coming="每次发送的活动、时间、状态，排队/已发/送达/失败数与排除原因；操作员可暂停、恢复、重试。",
-    ),
-    Section(
-        "templates",
-        "/templates",
-        "模板",
-        coming="短信和信件模板的列表、按镇和人群预览（字数与计费条数）、在线编辑、与已审核版本对比、审核。",
-    ),
-    Section(
-        "recipients",
-        "/recipients",
-        "居民名单",
-        coming="按镇、村、运营商、人群统计；上传名单（含进度和拒收行下载）；登记退订号码。",
-    ),
-    Section(
-        "cases",
-        "/cases",
-        "案件",
-        coming="导入或登记案件，查看触发的“三必讲”提醒和每个案件的倒查情况。",
-    ),
-    Section(
-        "reports",
-        "/reports",
-        "报表",
-        coming="按月、按单位查看月报并下载 xlsx；按镇、按月填写宣传活动（走访住户、横幅等）。",
-    ),
-    Section(
-        "delivery",
-        "/delivery",
-        "投递",
-        coming="按天的投递图表，主要错误码及其中文含义。",
-    ),
+    Section("occurrences", "/occurrences", "发送批次"),
+    Section("templates", "/templates", "模板"),
+    Section("recipients", "/recipients", "居民名单"),
+    Section("cases", "/cases", "案件"),
+    Section("reports", "/reports", "报表"),
+    Section("delivery", "/delivery", "投递"),
     Section("audit", "/audit", "操作记录", role=Role.APPROVER, district_only=True),
 )
 
@@ -98,6 +70,16 @@ ACTION_LABELS = {
     "user.password": "修改密码",
     "user.login": "登录",
     "user.logout": "退出登录",
+    "occurrence.pause": "暂停发送批次",
+    "occurrence.resume": "恢复发送批次",
+    "occurrence.retry": "重试发送批次",
+    "template.edit": "编辑模板",
+    "template.approve": "审核模板",
+    "recipients.import": "上传居民名单",
+    "recipients.opt_out": "登记退订",
+    "cases.import": "导入案件",
+    "cases.add": "登记案件",
+    "activities.save": "填写宣传活动",
 }
 
 
@@ -161,7 +143,6 @@ class Pages:
 def build_router(core: Core, pages: Pages) -> APIRouter:
     """Every route checks the CSRF token of unsafe methods through the router's dependency."""
     router = APIRouter(dependencies=[Depends(verify_csrf)], include_in_schema=False)
-    viewer = requires(core, Role.VIEWER)
 
     @router.get("/login", response_model=None)
     def login_form(request: Request, next: str = "/") -> Response:
@@ -210,20 +191,9 @@ def build_router(core: Core, pages: Pages) -> APIRouter:
         request.session.clear()
         return RedirectResponse("/login", status_code=303)
 
-    @router.get("/", response_model=None)
-    def overview(request: Request, account: Account = Depends(viewer)) -> Response:
-        return pages.render(request, "overview.html", account=account, current="overview")
+    from scheduler.console.sections import add_section_routes
 
-    for section in SECTIONS:
-        if section.key in ("overview", "audit"):
-            continue
-        router.add_api_route(
-            section.path,
-            _placeholder(pages, section, requires(core, section.role)),
-            methods=["GET"],
-            response_model=None,
-            name=f"console.{section.key}",
-        )
+    add_section_routes(router, core, pages)
 
     audit_section = next(s for s in SECTIONS if s.key == "audit")
     can_audit = requires(core, audit_section.role, district_only=True)
@@ -246,13 +216,14 @@ def build_router(core: Core, pages: Pages) -> APIRouter:
     return router
 
 
-def _placeholder(pages: Pages, section: Section, dependency: Any) -> Any:
-    def handler(request: Request, account: Account = Depends(dependency)) -> Response:
-        return pages.render(
-            request, "placeholder.html", account=account, current=section.key, section=section
-        )
-
-    return handler
+def _chinese(exc: Exception) -> str:
+    """A domain error's message for the page: ours are Chinese already; others are named."""
+    text = str(exc)
+    if isinstance(exc, ConsoleError):
+        return text
+    if isinstance(exc, UnknownName):
+        return f"找不到该对象：{text}"
+    return f"操作未完成：{text}"
 
 
 def install_error_pages(app: FastAPI, core: Core, pages: Pages) -> None:
@@ -280,5 +251,23 @@ def install_error_pages(app: FastAPI, core: Core, pages: Pages) -> None:
             message=exc.message,
         )
 
+    async def refused(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, PingAnError)
+        account = await run_in_threadpool(session_user, core, request)
+        status = 400
+        if isinstance(exc, NotYourTown):
+            status = 403
+        elif isinstance(exc, UnknownName):
+            status = 404
+        return pages.render(
+            request,
+            "error.html",
+            account=account,
+            status_code=status,
+            title="没有权限" if status == 403 else "无法完成操作",
+            message=_chinese(exc),
+        )
+
     app.add_exception_handler(LoginRequired, login_required)
+    app.add_exception_handler(PingAnError, refused)
     app.add_exception_handler(Forbidden, forbidden)

@@ -1,12 +1,15 @@
 """The dry-run provider: one JSON line per message, and simulated delivery outcomes.
 
 It lets everything downstream (statuses, quotas, reports, the simulator) work without an
-account. Numbers are masked in the log unless PINGAN_DRYRUN__SHOW_NUMBERS is set.
+account. Numbers are masked in the log unless PINGAN_DRYRUN__SHOW_NUMBERS is set. It speaks
+only the neutral vocabulary, and its two simulated error codes are its own (CATALOGUE).
 """
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
+import enum
 import json
 import random
 import threading
@@ -15,15 +18,86 @@ from pathlib import Path
 from typing import TextIO
 
 from scheduler.phones import mask
-from scheduler.providers.base import Accepted, OutboundMessage, Provider, SendError
-from scheduler.settings import DryRunSettings
+from scheduler.providers.base import (
+    Accepted,
+    DeliveryStatus,
+    ErrorInfo,
+    ErrorKind,
+    OutboundMessage,
+    Provider,
+    SendError,
+)
+from scheduler.settings import DryRunSettings, Settings
+
+UNDELIVERED = "DR-UNDELIVERED"
+FAILED = "DR-FAILED"
+CATALOGUE = {
+    UNDELIVERED: ErrorInfo(
+        kind="permanent", meaning="Simulated: not delivered to the handset / 模拟：未送达"
+    ),
+    FAILED: ErrorInfo(kind="permanent", meaning="Simulated: carrier failure / 模拟：运营商失败"),
+    # Codes of the faults a rehearsal injects (DryRunProvider.inject).
+    "DR-BUSY": ErrorInfo(
+        kind="transient", retry_after_seconds=1, meaning="Simulated: busy / 模拟：繁忙，稍后重试"
+    ),
+    "DR-INVALID": ErrorInfo(kind="permanent", meaning="Simulated: invalid number / 模拟：号码无效"),
+    "DR-REFUSED": ErrorInfo(
+        kind="permanent", opt_out=True, meaning="Simulated: recipient refused / 模拟：用户已退订"
+    ),
+    "DR-UNAPPROVED": ErrorInfo(
+        kind="permanent",
+        halt=True,
+        meaning="Simulated: template not approved / 模拟：模板未审核通过，整个活动暂停",
+    ),
+    "DR-LOST": ErrorInfo(
+        kind="permanent", meaning="Simulated: answer lost / 模拟：应答丢失，需查询"
+    ),
+}
+
+
+class Fault(enum.StrEnum):
+    """A fault the next send meets (a rehearsal of a failing gateway; the contract suite)."""
+
+    TRANSIENT = "transient"  # never processed: DR-BUSY
+    PERMANENT = "permanent"  # DR-INVALID
+    OPT_OUT = "opt_out"  # DR-REFUSED: the number is opted out
+    HALT = "halt"  # DR-UNAPPROVED: the whole campaign stops
+    UNCERTAIN_SENT = "uncertain_sent"  # logged (sent), then the answer is lost
+    UNCERTAIN_UNSENT = "uncertain_unsent"  # the answer is lost and nothing was logged
+
+
+_FAULT_CODE = {
+    Fault.TRANSIENT: "DR-BUSY",
+    Fault.PERMANENT: "DR-INVALID",
+    Fault.OPT_OUT: "DR-REFUSED",
+    Fault.HALT: "DR-UNAPPROVED",
+    Fault.UNCERTAIN_SENT: "DR-LOST",
+    Fault.UNCERTAIN_UNSENT: "DR-LOST",
+}
+
+_SIMULATED_CODE = {
+    DeliveryStatus.UNDELIVERED.value: UNDELIVERED,
+    DeliveryStatus.FAILED.value: FAILED,
+}
 
 
 class DryRunProvider(Provider):
     name = "dryrun"
 
-    def __init__(self, settings: DryRunSettings, log_file: Path) -> None:
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DryRunProvider:
+        return cls(settings.dryrun, settings.dryrun_log_file)
+
+    @classmethod
+    def catalogue(cls, config_dir: Path) -> dict[str, ErrorInfo]:
+        return dict(CATALOGUE)
+
+    def __init__(self, settings: DryRunSettings, log_file: Path, *, max_batch: int = 1) -> None:
+        """`max_batch` > 1 rehearses a gateway that takes several numbers per call."""
         self.settings = settings
+        self.max_batch = max_batch
+        # A rehearsal talks to no carrier: paced only if asked (PINGAN_DRYRUN__RATE_LIMITED).
+        self.paced = settings.rate_limited
         self.log_file = log_file
         self._fh: TextIO | None = None
         if settings.write_log:
@@ -33,8 +107,29 @@ class DryRunProvider(Provider):
         self._rng = random.Random(settings.seed)
         self._uuid_rng = random.Random(settings.seed)
         self._unflushed = 0
+        self._faults: collections.deque[Fault] = collections.deque()
 
-    def _outcome(self, carrier: str) -> tuple[str, str | None]:
+    def inject(self, *faults: Fault) -> None:
+        """The next sends meet these faults, one each, in order."""
+        with self._lock:
+            self._faults.extend(faults)
+
+    def _fault_error(self, fault: Fault) -> SendError:
+        code = _FAULT_CODE[fault]
+        info = CATALOGUE[code]
+        if fault in (Fault.UNCERTAIN_SENT, Fault.UNCERTAIN_UNSENT):
+            return SendError("simulated lost answer", kind=ErrorKind.UNCERTAIN, code=code)
+        return SendError(
+            f"simulated error {code}",
+            kind=ErrorKind(info.kind),
+            code=code,
+            retry_after=info.retry_after_seconds,
+            opted_out=info.opt_out,
+            halt=info.halt,
+            meaning=info.meaning,
+        )
+
+    def _outcome(self, carrier: str) -> tuple[DeliveryStatus, str | None]:
         s = self.settings
         delivered = s.delivered_share_by_carrier.get(carrier, s.delivered_share)
         rest = max(0.0, 1.0 - delivered)
@@ -42,17 +137,22 @@ class DryRunProvider(Provider):
         undelivered = rest * (s.undelivered_share / other) if other else rest
         x = self._rng.random()
         if x < delivered:
-            return "delivered", None
+            return DeliveryStatus.DELIVERED, None
         if x < delivered + undelivered:
-            return "undelivered", "30005"
-        return "failed", "30008"
+            return DeliveryStatus.UNDELIVERED, UNDELIVERED
+        return DeliveryStatus.FAILED, FAILED
 
     def send(self, msg: OutboundMessage) -> Accepted:
         with self._lock:
+            fault = self._faults.popleft() if self._faults else None
+            if fault is not None and fault != Fault.UNCERTAIN_SENT:
+                raise self._fault_error(fault)
             status, code = self._outcome(msg.carrier)
             sid = f"DR{self._uuid_rng.getrandbits(128):032x}"
             if self._fh is None:
-                return Accepted(sid, "sent", final_status=status, error_code=code)
+                if fault is not None:  # no log, no record: as if nothing had gone out
+                    raise self._fault_error(Fault.UNCERTAIN_UNSENT)
+                return Accepted(sid, DeliveryStatus.SENT, final_status=status, error_code=code)
             line = {
                 "sid": sid,
                 "message_id": msg.id,
@@ -65,12 +165,16 @@ class DryRunProvider(Provider):
             }
             self._fh.write(json.dumps(line, ensure_ascii=False) + "\n")
             self._unflushed += 1
+            if fault is not None:  # UNCERTAIN_SENT: it is in the log; the answer is lost
+                self._fh.flush()
+                self._unflushed = 0
+                raise self._fault_error(fault)
             # A line not yet flushed when the process dies was, in effect, never sent: the
             # dispatcher's reconciliation will not find it and sends it again, once.
             if self._unflushed >= 1000:
                 self._fh.flush()
                 self._unflushed = 0
-        return Accepted(sid, "sent", final_status=status, error_code=code)
+        return Accepted(sid, DeliveryStatus.SENT, final_status=status, error_code=code)
 
     def find_sent(self, msg: OutboundMessage, since: dt.datetime) -> Accepted | None:
         """Look the message up in the log: the log is the dry-run provider's own record."""
@@ -96,8 +200,12 @@ class DryRunProvider(Provider):
                         continue
                     mid = line.get("message_id") if isinstance(line, dict) else None
                     if mid in wanted and mid not in found:
+                        simulated = line.get("simulated_status")
                         found[mid] = Accepted(
-                            line["sid"], "sent", final_status=line.get("simulated_status")
+                            line["sid"],
+                            DeliveryStatus.SENT,
+                            final_status=DeliveryStatus(simulated) if simulated else None,
+                            error_code=_SIMULATED_CODE.get(simulated or ""),
                         )
                         if len(found) == len(wanted):
                             break

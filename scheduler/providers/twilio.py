@@ -2,15 +2,17 @@
 
 The client's HTTP layer gets a timeout and no automatic retries: a re-POST after a lost
 response would send a message twice, so every retry decision is the dispatcher's. Errors are
-classified by config/twilio_errors.yaml. One client per thread (requests sessions are not
-shared between threads).
+classified by config/twilio_errors.yaml (this provider's catalogue), and Twilio's status names
+are mapped to the neutral ones here (STATUS). One client per thread (requests sessions are not
+shared between threads). Its webhooks are in scheduler.providers.twilio_webhooks.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -22,14 +24,38 @@ from scheduler.exceptions import SettingsError
 from scheduler.phones import e164, mask
 from scheduler.providers.base import (
     Accepted,
+    DeliveryStatus,
     ErrorInfo,
     ErrorKind,
     OutboundMessage,
     Provider,
+    ProviderEvents,
     SendError,
-    error_catalogue,
 )
 from scheduler.settings import Settings, TwilioSettings
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+
+ERRORS_FILE = "twilio_errors.yaml"
+# Twilio's message statuses in the neutral vocabulary.
+STATUS = {
+    "accepted": DeliveryStatus.ACCEPTED,
+    "scheduled": DeliveryStatus.ACCEPTED,
+    "queued": DeliveryStatus.ACCEPTED,
+    "sending": DeliveryStatus.ACCEPTED,
+    "sent": DeliveryStatus.SENT,
+    "delivered": DeliveryStatus.DELIVERED,
+    "read": DeliveryStatus.DELIVERED,
+    "undelivered": DeliveryStatus.UNDELIVERED,
+    "failed": DeliveryStatus.FAILED,
+    "canceled": DeliveryStatus.FAILED,
+}
+STATUS_PATH = "/webhooks/twilio/status"
+
+
+def neutral_status(status: str | None) -> DeliveryStatus | None:
+    return STATUS.get((status or "queued").lower())
 
 
 class _NoRetryHttpClient(TwilioHttpClient):  # type: ignore[misc]
@@ -48,6 +74,20 @@ class _NoRetryHttpClient(TwilioHttpClient):  # type: ignore[misc]
 class TwilioProvider(Provider):
     name = "twilio"
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TwilioProvider:
+        return cls(settings.twilio, settings)
+
+    @classmethod
+    def catalogue_file(cls, config_dir: Path) -> Path | None:
+        return config_dir / ERRORS_FILE
+
+    @classmethod
+    def webhook_router(cls, settings: Settings, events: ProviderEvents) -> APIRouter | None:
+        from scheduler.providers.twilio_webhooks import twilio_router
+
+        return twilio_router(settings, events, cls.catalogue(settings.config_dir))
+
     def __init__(self, twilio: TwilioSettings, settings: Settings) -> None:
         if not twilio.account_sid or not twilio.auth_token.get_secret_value():
             raise SettingsError(
@@ -59,8 +99,8 @@ class TwilioProvider(Provider):
                 "PINGAN_TWILIO__FROM_NUMBER"
             )
         self.cfg = twilio
-        self.status_callback = settings.public_base_url.rstrip("/") + "/webhooks/twilio/status"
-        self.errors: dict[str, ErrorInfo] = error_catalogue(settings.config_dir)
+        self.status_callback = settings.public_base_url.rstrip("/") + STATUS_PATH
+        self.errors: dict[str, ErrorInfo] = self.catalogue(settings.config_dir)
         self._local = threading.local()
         self._clients: list[Client] = []
         self._lock = threading.Lock()
@@ -112,7 +152,7 @@ class TwilioProvider(Provider):
             raise SendError(f"connection lost: {exc}", kind=ErrorKind.UNCERTAIN) from None
         except requests.exceptions.Timeout as exc:
             raise SendError(f"timeout after sending: {exc}", kind=ErrorKind.UNCERTAIN) from None
-        return Accepted(str(created.sid), str(created.status or "queued"))
+        return Accepted(str(created.sid), neutral_status(created.status) or DeliveryStatus.ACCEPTED)
 
     def _classify_rest(self, exc: TwilioRestException, client: Client) -> SendError:
         code = str(exc.code) if exc.code is not None else None
@@ -132,13 +172,17 @@ class TwilioProvider(Provider):
         if status >= 500:
             return SendError(text, kind=ErrorKind.UNCERTAIN, code=code, http_status=status)
         kind = ErrorKind.TRANSIENT if info and info.kind == "transient" else ErrorKind.PERMANENT
+        retry_after = None
+        if kind == ErrorKind.TRANSIENT:
+            retry_after = _retry_after(client) or (info.retry_after_seconds if info else None)
         return SendError(
             text,
             kind=kind,
             code=code,
             http_status=status,
-            retry_after=_retry_after(client) if kind == ErrorKind.TRANSIENT else None,
-            opt_out=bool(info and info.opt_out),
+            retry_after=retry_after,
+            opted_out=bool(info and info.opt_out),
+            halt=bool(info and info.halt),
             meaning=meaning,
         )
 
@@ -153,7 +197,7 @@ class TwilioProvider(Provider):
         for m in found:
             created = m.date_created
             if m.body == msg.body and (created is None or created >= since):
-                return Accepted(str(m.sid), str(m.status or "queued"))
+                return Accepted(str(m.sid), neutral_status(m.status) or DeliveryStatus.ACCEPTED)
         return None
 
     def close(self) -> None:

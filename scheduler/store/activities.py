@@ -31,7 +31,9 @@ def is_filed(engine: Engine, month: str) -> bool:
         return s.get(FiledReport, month) is not None
 
 
-def upsert_activity(engine: Engine, town_id: str, month: str, values: dict[str, Any]) -> None:
+def upsert_activity(
+    engine: Engine, town_id: str, month: str, values: dict[str, Any], *, now: dt.datetime
+) -> None:
     """Create or edit a town's row for a month; refused once the month's report is filed."""
     with transaction(engine) as s:
         if s.get(FiledReport, month) is not None:
@@ -47,7 +49,7 @@ def upsert_activity(engine: Engine, town_id: str, month: str, values: dict[str, 
         for key, value in values.items():
             if key in ACTIVITY_FIELDS and value is not None:
                 setattr(row, key, value)
-        row.updated_at = dt.datetime.now(dt.UTC)
+        row.updated_at = now
 
 
 def _default(name: str) -> Any:
@@ -59,10 +61,10 @@ def activities_for(engine: Engine, month: str) -> dict[str, Activity]:
         return {a.town_id: a for a in s.scalars(select(Activity).where(Activity.month == month))}
 
 
-def mark_filed(engine: Engine, month: str, path: str) -> None:
+def mark_filed(engine: Engine, month: str, path: str, *, now: dt.datetime) -> None:
     with transaction(engine) as s:
         if s.get(FiledReport, month) is None:
-            s.add(FiledReport(month=month, filed_at=dt.datetime.now(dt.UTC), path=path))
+            s.add(FiledReport(month=month, filed_at=now, path=path))
 
 
 # Reached: a message went out (sent or delivered); a failed or undelivered one reaches nobody.
@@ -78,7 +80,8 @@ def reach_before(
     end: dt.datetime,
     states: Sequence[MessageState] = REACHED,
 ) -> dict[str, int]:
-    """Distinct residents of a village sent a message in [start, end), per campaign."""
+    """Distinct residents of a village sent a message in [start, end), per occurrence key
+    (the caller folds keys into campaigns)."""
     with engine.connect() as conn:
         rows = conn.execute(
             select(Occurrence.campaign, func.count(Message.recipient_id.distinct()))
@@ -94,8 +97,8 @@ def reach_before(
         ).all()
     out: dict[str, int] = {}
     for campaign, n in rows:
-        name = str(campaign).split(":", 1)[0]
-        out[name] = out.get(name, 0) + int(n)
+        key = str(campaign)
+        out[key] = out.get(key, 0) + int(n)
     return out
 
 

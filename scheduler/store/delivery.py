@@ -37,6 +37,7 @@ from scheduler.models import (
     OptOut,
     PendingStatus,
 )
+from scheduler.providers.base import DeliveryStatus
 from scheduler.store import optouts
 from scheduler.store.counters import CounterIncrement, bump_counters, local_day
 from scheduler.store.optouts import OPTED_OUT
@@ -54,18 +55,13 @@ RANK = {
     MessageState.FAILED: 3,
     MessageState.CANCELLED: 3,
 }
-# Twilio's statuses in our terms.
-PROVIDER_STATUS = {
-    "accepted": MessageState.SENT,
-    "scheduled": MessageState.SENT,
-    "queued": MessageState.SENT,
-    "sending": MessageState.SENT,
-    "sent": MessageState.SENT,
-    "delivered": MessageState.DELIVERED,
-    "read": MessageState.DELIVERED,
-    "undelivered": MessageState.UNDELIVERED,
-    "failed": MessageState.FAILED,
-    "canceled": MessageState.FAILED,
+# The neutral delivery statuses (every provider maps its own onto them) as message states.
+STATE_OF = {
+    DeliveryStatus.ACCEPTED: MessageState.SENT,
+    DeliveryStatus.SENT: MessageState.SENT,
+    DeliveryStatus.DELIVERED: MessageState.DELIVERED,
+    DeliveryStatus.UNDELIVERED: MessageState.UNDELIVERED,
+    DeliveryStatus.FAILED: MessageState.FAILED,
 }
 
 
@@ -95,7 +91,12 @@ class Outcome:
     error_code: str | None = None
     detail: str | None = None
     next_attempt_at: dt.datetime | None = None
-    final_status: MessageState | None = None  # dry-run's simulated delivery outcome
+    final_status: DeliveryStatus | None = None  # a simulated send's delivery outcome
+    # The provider's catalogue says the number refused: it is recorded as opted out.
+    opted_out: bool = False
+    # The provider refused the whole campaign (unapproved signature or template): the
+    # message's occurrence is paused, in the same transaction.
+    halt: bool = False
     # False when nothing reached the provider (outside the sending hours, stopped, opted out
     # since the claim): no attempt row, and the claim's attempt count is given back.
     attempted: bool = True
@@ -221,9 +222,10 @@ def record_outcomes(
 ) -> list[tuple[str, str]]:
     """Record a batch of outcomes, their attempts and counters in one transaction.
 
-    In the same transaction: numbers the provider says refused (21610, 30004) are recorded as
-    opted out and their queued messages cancelled, and a message going back to the queue whose
-    number opted out meanwhile is cancelled. Returns the (phone, source) pairs opted out.
+    In the same transaction: numbers the provider says refused (`opted_out`) are recorded as
+    opted out and their queued messages cancelled, a message going back to the queue whose
+    number opted out meanwhile is cancelled, and the occurrences of `halt` outcomes are paused.
+    Returns the (phone, source) pairs opted out.
     """
     if not outcomes:
         return []
@@ -235,7 +237,7 @@ def record_outcomes(
         for o in outcomes:
             state = o.state
             if state == MessageState.SENT and o.final_status is not None:
-                state = o.final_status
+                state = STATE_OF[o.final_status]
             sent = state in _SENT_STATES or (
                 state == MessageState.FAILED and o.provider_message_id is not None
             )
@@ -299,7 +301,10 @@ def record_outcomes(
                 s.execute(
                     delete(PendingStatus).where(PendingStatus.id.in_([p.id for p in pending]))
                 )
-        refused = [o for o in outcomes if o.attempt_outcome == "opt_out"]
+        halted = {o.message.occurrence_id for o in outcomes if o.halt}
+        if halted:
+            s.execute(update(Occurrence).where(Occurrence.id.in_(halted)).values(paused=True))
+        refused = [o for o in outcomes if o.opted_out]
         latest = max(o.at for o in outcomes)
         for o in refused:
             optouts.insert_opt_outs(
@@ -324,8 +329,9 @@ def _apply_status(
     at: dt.datetime,
     tz: ZoneInfo,
 ) -> str:
-    new = PROVIDER_STATUS.get(status.lower())
-    if new is None:
+    try:
+        new = STATE_OF[DeliveryStatus(status)]
+    except ValueError:  # not a neutral status (a kept receipt from before they were neutral)
         return "ignored"
     msg = s.execute(
         select(Message).where(Message.provider_message_id == provider_message_id).with_for_update()
@@ -364,15 +370,16 @@ def _apply_status(
 def apply_status(
     engine: Engine,
     provider_message_id: str,
-    status: str,
+    status: DeliveryStatus,
     error_code: str | None,
     *,
     now: dt.datetime,
     tz: ZoneInfo,
 ) -> str:
-    """Apply a provider status callback; keeps it for later if the send is not recorded yet.
+    """Apply a delivery receipt; keeps it for later if the send is not recorded yet.
 
-    Returns applied, unchanged, ignored or pending.
+    Statuses only move forward (RANK), so a receipt repeated or arriving out of order changes
+    nothing. Returns applied, unchanged, ignored or pending.
     """
     with transaction(engine) as s:
         result = _apply_status(s, provider_message_id, status, error_code, now, tz)
@@ -380,7 +387,7 @@ def apply_status(
             s.add(
                 PendingStatus(
                     provider_message_id=provider_message_id,
-                    status=status,
+                    status=DeliveryStatus(status).value,
                     error_code=error_code,
                     received_at=now,
                 )

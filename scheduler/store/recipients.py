@@ -152,6 +152,7 @@ def record_opt_outs(
     source: str,
     reason: str | None = None,
     reply_text: str | None = None,
+    now: dt.datetime,
 ) -> int:
     """Record refusals (normalised numbers); returns how many are new.
 
@@ -160,7 +161,7 @@ def record_opt_outs(
     The residents' queued and retrying messages are cancelled in the same transaction.
     """
     return record_opt_outs_counted(
-        engine, phones, source=source, reason=reason, reply_text=reply_text
+        engine, phones, source=source, reason=reason, reply_text=reply_text, now=now
     )[0]
 
 
@@ -171,6 +172,7 @@ def record_opt_outs_counted(
     source: str,
     reason: str | None = None,
     reply_text: str | None = None,
+    now: dt.datetime,
 ) -> tuple[int, int]:
     """`record_opt_outs`, returning (new refusals, messages cancelled)."""
     unique = sorted(set(phones))
@@ -183,7 +185,7 @@ def record_opt_outs_counted(
             source=source,
             reason=reason,
             reply_text=reply_text,
-            now=dt.datetime.now(dt.UTC),
+            now=now,
         )
 
 

@@ -13,13 +13,12 @@ from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
-from scheduler.cases import parse_case, record_cases
 from scheduler.core import Core
-from scheduler.exceptions import InvalidPhoneNumber
-from scheduler.phones import mask, normalize
-from scheduler.sends import record_sends
-from scheduler.store import audit
-from scheduler.store.recipients import record_opt_outs
+from scheduler.phones import mask
+from scheduler.services import audit as audit_service
+from scheduler.services import cases as cases_service
+from scheduler.services import recipients as recipients_service
+from scheduler.services import sends as sends_service
 from scheduler.web.auth import ApiGuard, Caller
 from scheduler.web.reports import add_report_routes
 from scheduler.web.schemas import (
@@ -58,25 +57,16 @@ def api_router(core: Core, guard: ApiGuard) -> APIRouter:
     )
     def opt_outs(body: OptOutIn, caller: CallerDep) -> Any:
         raw = [*body.phones, *([body.phone] if body.phone else [])]
-        valid: list[str] = []
-        invalid: list[dict[str, str]] = []
-        for value in raw:
-            try:
-                valid.append(normalize(value))
-            except InvalidPhoneNumber as exc:
-                invalid.append({"phone": value[-4:], "reason": str(exc)})
-        new = record_opt_outs(core.engine, valid, source=body.source, reason=body.reason)
-        if valid:
-            audit.record(
-                core.engine,
-                who=caller.name,
-                action="opt-outs",
-                peer=caller.peer,
-                detail={"phones": sorted(set(valid)), "new": new, "source": body.source},
-                at=core.clock(),
-            )
-        result = {"recorded": len(valid), "new": new, "invalid": invalid}
-        return JSONResponse(result, status_code=422 if invalid else 200)
+        result = recipients_service.opt_out(
+            core,
+            ((f"phones[{i}]", value) for i, value in enumerate(raw)),
+            source=body.source,
+            reason=body.reason,
+            actor=caller,
+        )
+        invalid = [{"phone": mask(r.value), "reason": r.reason} for r in result.rejected]
+        out = {"recorded": len(result.accepted), "new": result.new, "invalid": invalid}
+        return JSONResponse(out, status_code=422 if invalid else 200)
 
     @api.post(
         "/cases",
@@ -89,30 +79,8 @@ def api_router(core: Core, guard: ApiGuard) -> APIRouter:
         caller: CallerDep,
     ) -> Any:
         items = body if isinstance(body, list) else [body]
-        tz = core.settings.tz
-        rows, rejected = [], []
-        for i, item in enumerate(items):
-            try:
-                rows.append(parse_case(core, item.as_row(), tz))
-            except (ValueError, OverflowError) as exc:
-                rejected.append({"index": i, "reason": str(exc)})
-        if rejected:
-            return JSONResponse({"rejected": rejected}, status_code=422)
-        result = record_cases(core, rows)
-        if rows:
-            audit.record(
-                core.engine,
-                who=caller.name,
-                action="cases",
-                peer=caller.peer,
-                detail={
-                    "case_ids": [r["case_id"] for r in rows],
-                    "inserted": result.inserted,
-                    "alerts": len(result.alerts),
-                },
-                at=core.clock(),
-            )
-        return {"inserted": result.inserted, "unchanged": result.unchanged, "alerts": result.alerts}
+        result = cases_service.record_cases(core, [it.as_row() for it in items], actor=caller)
+        return JSONResponse(result.to_dict(), status_code=422 if result.rejected else 200)
 
     @api.post(
         "/sends",
@@ -125,16 +93,8 @@ def api_router(core: Core, guard: ApiGuard) -> APIRouter:
         caller: CallerDep,
     ) -> Any:
         items = body if isinstance(body, list) else [body]
-        result = record_sends(core, ((f"row {i}", it.as_row()) for i, it in enumerate(items)))
-        if result.inserted or result.updated:
-            audit.record(
-                core.engine,
-                who=caller.name,
-                action="sends",
-                peer=caller.peer,
-                detail={"inserted": result.inserted, "updated": result.updated},
-                at=core.clock(),
-            )
+        rows = ((f"row {i}", it.as_row()) for i, it in enumerate(items))
+        result = sends_service.record_sends(core, rows, actor=caller)
         return JSONResponse(result.to_dict(), status_code=422 if result.rejected else 200)
 
     @api.get(
@@ -149,16 +109,9 @@ def api_router(core: Core, guard: ApiGuard) -> APIRouter:
         action: Annotated[str | None, Query(max_length=64)] = None,
     ) -> Any:
         return [
-            {**e.__dict__, "detail": _masked(e.detail)}
-            for e in audit.entries(core.engine, limit=limit, who=who, action=action)
+            e.to_dict()
+            for e in audit_service.audit_entries(core, limit=limit, who=who, action=action)
         ]
 
     add_report_routes(api, core)
     return api
-
-
-def _masked(detail: dict[str, Any]) -> dict[str, Any]:
-    phones = detail.get("phones")
-    if isinstance(phones, list):
-        return {**detail, "phones": [mask(str(p)) for p in phones]}
-    return detail

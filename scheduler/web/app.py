@@ -27,7 +27,7 @@ from scheduler.web.api import api_router
 from scheduler.web.auth import ApiGuard, ApiRefusal
 from scheduler.web.errors import field_errors
 from scheduler.web.schemas import HealthOut
-from scheduler.web.webhooks import Refused, webhook_router
+from scheduler.web.webhooks import Refused, provider_routers
 
 log = get_logger("scheduler.web")
 
@@ -52,7 +52,8 @@ def create_app(core: Core, *, health: Health | None = None) -> FastAPI:
         version="1",
         redoc_url=None,
     )
-    app.include_router(webhook_router(core))
+    for router in provider_routers(core):
+        app.include_router(router)
     app.include_router(api_router(core, ApiGuard(core.settings)))
     registry = metrics_registry(
         lambda: core.engine,

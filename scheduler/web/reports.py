@@ -1,4 +1,4 @@
-"""HTTP routes for quota status and the monthly report, thin over the core.
+"""HTTP routes for quota status and the monthly report, thin over the services.
 
 They are added to the guarded /api router (scheduler.web.api), never to the app itself. The
 xlsx report is built in a temporary folder removed before the response leaves (the report
@@ -8,8 +8,6 @@ writer takes a path); nothing outlives the request.
 from __future__ import annotations
 
 import datetime as dt
-import tempfile
-from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
@@ -17,9 +15,9 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from scheduler.core import Core
-from scheduler.exceptions import PingAnError
-from scheduler.quotas import load_rules, select_windows, status
-from scheduler.reports import FORM_HEADER, _quota_rows, build_monthly_report, write_report
+from scheduler.exceptions import PingAnError, UnknownName
+from scheduler.services.quotas import InvalidWindow, quota_status
+from scheduler.services.reports import build_report, report_json, report_xlsx
 from scheduler.web.errors import unprocessable
 from scheduler.web.schemas import MonthlyReportOut, QuotaStatusOut, ValidationErrorOut
 
@@ -51,16 +49,11 @@ def add_report_routes(api: APIRouter, core: Core) -> None:
             day = _plausible_day(on)
         except ValueError as exc:
             return unprocessable(["query", "on"], str(exc))
-        tz = core.settings.tz
-        rules = load_rules(core.settings.config_dir, core.district)
-        if rule:
-            rules = [r for r in rules if r.id == rule]
-        label = week or month
-        if label is None and day is None:
-            day = core.clock().astimezone(tz).date()
-        pairs = select_windows(rules, day=day, label=label)
-        result = status(core.engine, pairs, core.district, now=core.clock(), tz=tz)
-        return [r.to_dict() for r in result]
+        try:
+            report = quota_status(core, rule, week or month, day)
+        except (UnknownName, InvalidWindow):  # no such rule or week (2022-W53): no rows
+            return []
+        return report.rules_json()
 
     @api.get(
         "/reports/monthly",
@@ -77,22 +70,14 @@ def add_report_routes(api: APIRouter, core: Core) -> None:
         format: Annotated[Literal["json", "xlsx"], Query()] = "json",
     ) -> Any:
         try:
-            report = build_monthly_report(core, month, town)
+            report = build_report(core, month, town)
         except PingAnError as exc:
             return unprocessable(["query", "town" if town else "month"], str(exc))
         if format == "xlsx":
-            name = f"月报-{month}.xlsx"
-            with tempfile.TemporaryDirectory(prefix="pingan-report-") as folder:
-                data = write_report(report, Path(folder) / name).read_bytes()
+            name = f"月报-{report.month}.xlsx"
             return Response(
-                data,
+                report_xlsx(report),
                 media_type=XLSX,
                 headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}"},
             )
-        return {
-            "month": report.month,
-            "form": {"header": FORM_HEADER, "rows": report.form, "total": report.total},
-            "quotas": _quota_rows(report),
-            "delivery": report.delivery,
-            "checkback": report.checkback,
-        }
+        return report_json(report)

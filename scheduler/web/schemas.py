@@ -239,24 +239,3 @@ class HealthOut(BaseModel):
 
 class WebhookResultOut(BaseModel):
     result: str
-
-
-class TwilioStatusForm(BaseModel):
-    """The fields of a status callback this service reads; others are ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    MessageSid: Str64 = ""
-    SmsSid: Str64 = ""
-    MessageStatus: Str16 = ""
-    SmsStatus: Str16 = ""
-    ErrorCode: Str16 = ""
-    To: Str32 = ""
-
-
-class TwilioInboundForm(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    From: Str32 = ""
-    Body: Str1600 = ""
-    MessageSid: Str64 = ""

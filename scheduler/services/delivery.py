@@ -1,0 +1,53 @@
+"""Delivery use cases: where messages stand, and what is still to send."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from scheduler import delivery_stats as domain
+from scheduler.core import Core
+from scheduler.exceptions import PingAnError
+from scheduler.store import delivery as store
+
+GROUPINGS = ("town", "carrier", "day", "error")
+STATES: tuple[str, ...] = tuple(domain.STATES)
+
+
+@dataclass(frozen=True)
+class DeliveryStats:
+    """Counts per state with the delivery rate, per group, and the top error codes."""
+
+    month: str | None
+    by: str
+    counted_by: str
+    rows: tuple[dict[str, Any], ...]
+    top_errors: tuple[dict[str, Any], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "month": self.month,
+            "by": self.by,
+            "counted_by": self.counted_by,
+            "rows": list(self.rows),
+            "top_errors": list(self.top_errors),
+        }
+
+
+def delivery_stats(core: Core, month: str | None = None, by: str | None = None) -> DeliveryStats:
+    """A month's messages (by the local day sent) or all of them, grouped by `by`."""
+    if by is not None and by not in GROUPINGS:
+        raise PingAnError(f"group by {', '.join(GROUPINGS)}, not {by!r}")
+    data = domain.delivery_stats(core, month=month, by=by)
+    return DeliveryStats(
+        data["month"],
+        data["by"],
+        data["counted_by"],
+        tuple(data["rows"]),
+        tuple(data["top_errors"]),
+    )
+
+
+def messages_left(core: Core) -> dict[str, int]:
+    """Messages not yet finished, by state (queued, retrying, sending...)."""
+    return dict(store.unfinished(core.engine))
