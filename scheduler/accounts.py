@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import enum
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,16 @@ PASSWORD_MIN_LENGTH = 8
 _NAME = re.compile(r"^[\w.@-]{1,64}$")
 _hasher = PasswordHasher()
 # Verified against when the user does not exist, so a wrong name costs as long as a wrong password.
-_DUMMY_HASH = _hasher.hash("not-a-password-anyone-has")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to verify against for an unknown name, so it costs as long as a wrong password.
+
+    Made on first use, not at import: every `pingan` command imports this module, and an
+    Argon2 hash is a deliberate fraction of a second.
+    """
+    return _hasher.hash("not-a-password-anyone-has")
 
 
 class AccountError(PingAnError):
@@ -248,7 +258,7 @@ def authenticate(core: Core, name: str, password: str, *, peer: str) -> LoginRes
     user = store.get_user(core.engine, name) if name else None
     if user is None or not _verify(user.password_hash, password):
         if user is None:
-            _verify(_DUMMY_HASH, password)
+            _verify(_dummy_hash(), password)
         store.add_failure(core.engine, name, peer, at=now, forget_before=now - window)
         return LoginResult(LoginOutcome.BAD_CREDENTIALS)
     if not user.active:
