@@ -2,5 +2,5 @@
 
 The CLI, the HTTP API, the console pages, the service's jobs and the simulator parse their
 input, call one function here and format its result; none of them builds a query, picks a
-quota window or opens the store itself (tests/test_architecture.py holds them to it).
+quota window or opens the store itself (tests/unit/test_architecture.py holds them to it).
 """

@@ -38,7 +38,8 @@ MAX_CASES = 1000
 
 
 def api_router(core: Core, guard: ApiGuard) -> APIRouter:
-    """Every /api route, behind `guard` (tests/test_web_api.py walks the app to prove it)."""
+    """Every /api route, behind `guard` (tests/integration/test_web_api.py walks the app
+    to prove it)."""
     api = APIRouter(
         prefix="/api",
         dependencies=[Depends(guard)],

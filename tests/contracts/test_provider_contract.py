@@ -42,7 +42,7 @@ from scheduler.testing.fake_twilio import (
 )
 from scheduler.web import HttpServer, create_app
 from tests.factories import add_recipients
-from tests.test_web import _free_port
+from tests.integration.test_web import _free_port
 
 TZ = ZoneInfo("Asia/Shanghai")
 MONDAY = dt.datetime(2022, 10, 10, 9, 0, tzinfo=TZ)

@@ -10,7 +10,7 @@ import pytest
 from scheduler.exceptions import SettingsError
 from scheduler.providers import names, provider_class
 from scheduler.providers.registry import check_name
-from tests.test_cli_acceptance import pingan
+from tests.acceptance.test_cli_acceptance import pingan
 
 
 def test_registry_lists_dryrun_and_twilio() -> None:
