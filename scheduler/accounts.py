@@ -245,16 +245,21 @@ def _verify(password_hash: str, password: str) -> bool:
 
 def authenticate(core: Core, name: str, password: str, *, peer: str) -> LoginResult:
     """Check a login. After `login_max_failures` failures for this name from this address
-    within the window, every attempt is refused as THROTTLED until the oldest one ages out,
-    without looking at the password."""
+    within the window, or `login_max_failures_per_address` for any names from it (password
+    spraying), every attempt is refused as THROTTLED until the oldest one ages out, without
+    looking at the password."""
     settings = core.settings.console
     name = name.strip()[:64]
     now = core.clock()
     window = dt.timedelta(minutes=settings.login_window_minutes)
-    failures, oldest = store.recent_failures(core.engine, name, peer, now - window)
-    if failures >= settings.login_max_failures:
-        wait = (oldest + window - now).total_seconds() if oldest else window.total_seconds()
-        return LoginResult(LoginOutcome.THROTTLED, retry_after_seconds=max(1, int(wait) + 1))
+    for who, limit in (
+        (name, settings.login_max_failures),
+        (None, settings.login_max_failures_per_address),
+    ):
+        failures, oldest = store.recent_failures(core.engine, who, peer, now - window)
+        if failures >= limit:
+            wait = (oldest + window - now).total_seconds() if oldest else window.total_seconds()
+            return LoginResult(LoginOutcome.THROTTLED, retry_after_seconds=max(1, int(wait) + 1))
     user = store.get_user(core.engine, name) if name else None
     if user is None or not _verify(user.password_hash, password):
         if user is None:

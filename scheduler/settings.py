@@ -85,6 +85,9 @@ class ConsoleSettings(BaseModel):
     cookie_secure: bool = False
     # This many failed logins for one user name from one address within the window → 429.
     login_max_failures: int = Field(5, ge=1)
+    # This many failed logins from one address within the window, whatever the names tried
+    # (password spraying across accounts) → 429 for every name from that address.
+    login_max_failures_per_address: int = Field(20, ge=1)
     login_window_minutes: float = Field(15.0, gt=0)
 
 

@@ -175,16 +175,16 @@ def record_login(
 
 
 def recent_failures(
-    engine: Engine, username: str, peer: str, since: dt.datetime
+    engine: Engine, username: str | None, peer: str, since: dt.datetime
 ) -> tuple[int, dt.datetime | None]:
-    """(failed logins for this name from this address since `since`, the oldest of them)."""
+    """(failed logins for this name — or, with None, any name — from this address since
+    `since`, the oldest of them)."""
+    where = [LoginFailure.peer == peer, LoginFailure.at >= since]
+    if username is not None:
+        where.append(LoginFailure.username == username)
     with Session(engine) as s:
         count, oldest = s.execute(
-            select(func.count(), func.min(LoginFailure.at)).where(
-                LoginFailure.username == username,
-                LoginFailure.peer == peer,
-                LoginFailure.at >= since,
-            )
+            select(func.count(), func.min(LoginFailure.at)).where(*where)
         ).one()
         if isinstance(oldest, str):  # an aggregate skips the column type on SQLite
             oldest = dt.datetime.fromisoformat(oldest).replace(tzinfo=dt.UTC)

@@ -182,6 +182,24 @@ def test_throttle_counts_per_name_and_address_and_ages_out(core: Core) -> None:
     )
 
 
+def test_one_address_spraying_many_names_is_throttled_for_every_name(core: Core) -> None:
+    """Guesses spread over many accounts (4 each, under the per-name limit) still add up: at
+    the per-address limit every name from that address is refused, others are not."""
+    now = dt.datetime(2022, 10, 10, 1, 0, tzinfo=dt.UTC)
+    core.clock = lambda: now
+    limit = core.settings.console.login_max_failures_per_address
+    accounts.create_user(core, "wang", Role.OPERATOR, "first-secret")
+    for i in range(limit):
+        name = f"user{i // 4}"
+        bad = accounts.authenticate(core, name, "guess-secret", peer="10.0.0.7")
+        assert bad.outcome == LoginOutcome.BAD_CREDENTIALS, i
+    sprayed = accounts.authenticate(core, "wang", "first-secret", peer="10.0.0.7")
+    assert sprayed.outcome == LoginOutcome.THROTTLED
+    assert accounts.authenticate(core, "wang", "first-secret", peer="10.0.0.6").outcome == (
+        LoginOutcome.OK
+    )
+
+
 def test_unknown_user_fails_like_a_wrong_password(core: Core) -> None:
     result = accounts.authenticate(core, "nobody", "whatever-secret", peer="10.0.0.9")
     assert result.outcome == LoginOutcome.BAD_CREDENTIALS and result.account is None
