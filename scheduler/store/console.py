@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session
 
 from scheduler.db import transaction
 from scheduler.models import (
-    AuditEntry,
     Message,
     MessageState,
     Occurrence,
@@ -20,20 +19,7 @@ from scheduler.models import (
     TemplateRevision,
 )
 from scheduler.store.optouts import insert_opt_outs
-from scheduler.store.users import AuditRecord
-
-
-def _audit(s: Session, record: AuditRecord) -> None:
-    s.add(
-        AuditEntry(
-            at=record.at,
-            actor=record.actor,
-            action=record.action,
-            subject=record.subject,
-            detail=record.detail,
-            peer=record.peer,
-        )
-    )
+from scheduler.store.users import AuditRecord, add_audit_row
 
 
 def set_paused(engine: Engine, occurrence_id: int, paused: bool, audit: AuditRecord) -> bool:
@@ -44,7 +30,7 @@ def set_paused(engine: Engine, occurrence_id: int, paused: bool, audit: AuditRec
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             return False
-        _audit(s, audit)
+        add_audit_row(s, audit)
         return True
 
 
@@ -56,7 +42,7 @@ def opt_out(
         counts = insert_opt_outs(
             s, [phone], source="console", reason=reason, reply_text=None, now=now
         )
-        _audit(s, audit)
+        add_audit_row(s, audit)
         return counts
 
 
@@ -144,7 +130,7 @@ def add_revision(
     """A template's text as saved, and the audit row of the change, in one transaction."""
     with transaction(engine) as s:
         if audit is not None:
-            _audit(s, audit)
+            add_audit_row(s, audit)
         row = TemplateRevision(
             name=name, source_hash=source_hash, content=content, author=author, created_at=at
         )

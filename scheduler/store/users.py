@@ -57,7 +57,8 @@ def _user(row: User) -> StoredUser:
     )
 
 
-def _add_audit(s: Session, record: AuditRecord | None) -> None:
+def add_audit_row(s: Session, record: AuditRecord | None) -> None:
+    """The audit row inside the caller's transaction, beside the change it records."""
     if record is not None:
         s.add(
             AuditEntry(
@@ -98,7 +99,7 @@ def insert_user(
                 last_login_at=None,
             )
             s.add(row)
-            _add_audit(s, audit)
+            add_audit_row(s, audit)
             s.flush()
             return _user(row)
     except IntegrityError:
@@ -147,7 +148,7 @@ def update_user(
         if end_sessions:
             row.session_epoch = row.session_epoch + 1
         row.updated_at = now
-        _add_audit(s, audit)
+        add_audit_row(s, audit)
         s.flush()
         return _user(row)
 
@@ -171,7 +172,7 @@ def record_login(
         s.execute(
             delete(LoginFailure).where(LoginFailure.username == username, LoginFailure.peer == peer)
         )
-        _add_audit(s, audit)
+        add_audit_row(s, audit)
 
 
 def recent_failures(
@@ -204,7 +205,7 @@ def add_failure(
 
 def add_audit(engine: Engine, record: AuditRecord) -> None:
     with transaction(engine) as s:
-        _add_audit(s, record)
+        add_audit_row(s, record)
 
 
 def list_audit(engine: Engine, *, limit: int = 200, offset: int = 0) -> list[AuditRecord]:
