@@ -120,17 +120,21 @@ def stats(
     error codes and reasons (opted_out: cancelled because the resident refused)."""
     if by not in (None, "town", "carrier", "day", "error"):
         raise typer.BadParameter("--by must be town, carrier, day or error")
-    data = delivery_stats(core(ctx), month=month, by=by).to_dict()
+    c = core(ctx)
+    data = delivery_stats(c, month=month, by=by).to_dict()
     if fmt == OutputFormat.json:
         print_json(data)
         return
+    # Office staff know their towns by name; the id stays for scripts and the other commands.
+    names = {t.id: t.name for t in c.district.towns} if data["by"] == "town" else {}
     console.print(
         table(
             f"Delivery{' ' + month if month else ''} by {data['by']}",
-            [data["by"], *STATES, "rate"],
+            [data["by"], *(["name"] if names else []), *STATES, "rate"],
             [
                 [
                     r["key"],
+                    *([names.get(r["key"], "")] if names else []),
                     *[r[s] for s in STATES],
                     f"{r['delivery_rate']:.1%}" if r["delivery_rate"] is not None else "-",
                 ]

@@ -98,14 +98,29 @@ def import_file(
 @app.command("stats")
 def stats(ctx: typer.Context, fmt: OutputFormat = FORMAT_OPTION) -> None:
     """Counts by town, village, carrier and segment."""
-    data = services.recipient_counts(core(ctx)).to_dict()
+    c = core(ctx)
+    data = services.recipient_counts(c).to_dict()
     if fmt == OutputFormat.json:
         print_json(data)
         return
     console.print(f"{data['total']} recipients; {data['opted_out']} opted out")
+    towns = {t.id: t.name for t in c.district.towns}
+    console.print(
+        table(
+            "By town",
+            ["town", "name", "recipients"],
+            [[k, towns.get(k, ""), v] for k, v in data["by_town"].items()],
+        )
+    )
+    villages = {f"{t.id}/{v.id}": v.name for t in c.district.towns for v in t.villages}
+    console.print(
+        table(
+            "By village",
+            ["village", "name", "recipients"],
+            [[k, villages.get(k, ""), v] for k, v in data["by_village"].items()],
+        )
+    )
     for key, title in (
-        ("by_town", "town"),
-        ("by_village", "village"),
         ("by_carrier", "carrier"),
         ("by_segment", "segment"),
     ):

@@ -181,8 +181,8 @@ def towns() -> list[dict[str, Any]]:
             ("village",),
         ),
         (("quota", "targets", "--rule", "town-weekly-oct"), ("id", "name")),
-        (("delivery", "stats", "--by", "town"), ("id",)),
-        (("recipients", "stats"), ("id",)),
+        (("delivery", "stats", "--by", "town"), ("id", "name")),
+        (("recipients", "stats"), ("id", "name")),
     ],
 )
 def test_tables_keep_every_town_whole_at_80_columns(
