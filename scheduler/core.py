@@ -17,6 +17,7 @@ from scheduler.clock import Clock, system_clock
 from scheduler.config import District, load_district
 from scheduler.db import ensure_schema, make_engine
 from scheduler.expansion import Expander
+from scheduler.gateway_templates import GatewayTemplates, load_gateway_templates
 from scheduler.planner import Planner
 from scheduler.settings import Settings, load_settings
 from scheduler.templating import Catalogue
@@ -58,6 +59,10 @@ class Core:
         )
 
     @cached_property
+    def gateway_templates(self) -> GatewayTemplates:
+        return load_gateway_templates(self.settings.config_dir)
+
+    @cached_property
     def campaigns(self) -> Campaigns:
         return load_campaigns(self.settings.config_dir, self.district)
 
@@ -72,6 +77,7 @@ class Core:
             chunk_size=chunk_size,
             stop=self.stop,
             clock=self.clock,
+            gateway_templates=self.gateway_templates,
         )
 
     def planner(self, *, chunk_size: int = 5000) -> Planner:
@@ -85,7 +91,7 @@ class Core:
 
     def reload(self) -> None:
         """Re-read the configuration files (campaigns, district, templates) on next use."""
-        for name in ("district", "catalogue", "campaigns"):
+        for name in ("district", "catalogue", "campaigns", "gateway_templates"):
             self.__dict__.pop(name, None)
         # Validate now, so a bad edit is reported at reload time rather than at the next firing.
         self.campaigns  # noqa: B018

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
+from scheduler.gateway_templates import load_params
 from scheduler.logs import get_logger
 from scheduler.models import MessageState
 from scheduler.phones import mask
@@ -116,6 +117,8 @@ class Dispatcher:
         self._batch_phones: set[str] = set()
         self._opted_out: set[str] = set()
         self._bodies: dict[int, str] = {}
+        self._templates: dict[int, tuple[str, str | None]] = {}
+        self._templates_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(self.cfg.concurrency, thread_name_prefix="send")
 
     def close(self) -> None:
@@ -250,13 +253,28 @@ class Dispatcher:
     # -- one message -------------------------------------------------------------------------
 
     def _outbound(self, c: Claimed) -> OutboundMessage:
+        template, params = self._template_of(c.body_id)
         return OutboundMessage(
             id=c.id,
             phone=c.phone,
             body=self._bodies[c.body_id],
             carrier=c.carrier,
             segments=c.segments,
+            template=template,
+            params=load_params(params, self.provider.name),
         )
+
+    def _template_of(self, body_id: int) -> tuple[str | None, str | None]:
+        """A body's template name and gateway parameters, read once for every body loaded so
+        far (a batch's bodies in one query)."""
+        found = self._templates.get(body_id)
+        if found is None:
+            with self._templates_lock:
+                wanted = [b for b in (*self._bodies, body_id) if b not in self._templates]
+                if wanted:
+                    self._templates.update(delivery.body_templates(self.engine, wanted))
+            found = self._templates.get(body_id)
+        return found if found is not None else (None, None)
 
     def _opted_out_since_claim(self, phone: str) -> bool:
         """Checked right before each send; the batch's numbers are looked up again at most

@@ -29,11 +29,12 @@ from scheduler.config import District
 from scheduler.db import db_time_cache
 from scheduler.exceptions import PingAnError, TemplateError
 from scheduler.firings import Target
+from scheduler.gateway_templates import GatewayTemplates, dump_params
 from scheduler.logs import get_logger, mask_text
 from scheduler.models import Occurrence, OccurrenceState
 from scheduler.store import outbox
 from scheduler.store.outbox import RecipientRow, WeeklyCap
-from scheduler.templating import Catalogue, TemplateInfo
+from scheduler.templating import RECIPIENT_VARIABLES, Catalogue, TemplateInfo
 
 log = get_logger("scheduler.expansion")
 
@@ -104,8 +105,11 @@ class Expander:
         chunk_size: int = 5000,
         stop: threading.Event | None = None,
         clock: Callable[[], dt.datetime] | None = None,
+        gateway_templates: GatewayTemplates | None = None,
     ) -> None:
         self.engine = engine
+        # Template codes and parameters of the domestic gateways (stored on each body).
+        self.gateway_templates = gateway_templates
         self.district = district
         self.catalogue = catalogue
         self.tz = tz
@@ -504,11 +508,15 @@ class Expander:
     ) -> tuple[int, int] | TemplateError:
         """The stored body for this recipient, or the error its rendering raised (a failed
         context is remembered like a good one, so it is not rendered again)."""
+        gateways = self.gateway_templates
+        # A gateway parameter may read a variable the text does not (the town, say).
+        used = info.variables | (gateways.variables(info.name) if gateways else frozenset())
+        per_recipient = info.per_recipient or bool(used & RECIPIENT_VARIABLES)
         key: tuple[Any, ...] = (
             info.name,
-            r.town_id if "town" in info.variables else None,
-            r.village_id if "village" in info.variables else None,
-            r.id if info.per_recipient else None,
+            r.town_id if "town" in used else None,
+            r.village_id if "village" in used else None,
+            r.id if per_recipient else None,
         )
         hit = cache.get(key)
         if hit is not None:
@@ -523,8 +531,9 @@ class Expander:
         )
         try:
             rendered = self.catalogue.render(info.name, ctx, max_segments=max_segments)
+            params = gateways.render(info.name, ctx) if gateways else {}
         except TemplateError as exc:
-            if not info.per_recipient:
+            if not per_recipient:
                 cache[key] = exc
             renders.failure(info, exc)
             return exc
@@ -536,9 +545,10 @@ class Expander:
             template_hash=rendered.template_hash,
             chars=rendered.chars,
             segments=rendered.segments,
+            params=dump_params(params),
         )
         value = (body_id, rendered.segments)
-        if not info.per_recipient:
+        if not per_recipient:
             cache[key] = value
         return value
 

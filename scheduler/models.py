@@ -180,6 +180,8 @@ class MessageBody(Base):
     template_hash: Mapped[str] = mapped_column(String(64))
     chars: Mapped[int] = mapped_column(Integer)
     segments: Mapped[int] = mapped_column(Integer)
+    # A template-code gateway's parameters, JSON by gateway: {"aliyun": {"town": "…"}, …}.
+    params: Mapped[str | None] = mapped_column(Text)
 
 
 class Message(Base):
@@ -203,7 +205,7 @@ class Message(Base):
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     provider: Mapped[str | None] = mapped_column(String(16))
     provider_message_id: Mapped[str | None] = mapped_column(String(64))
-    error_code: Mapped[str | None] = mapped_column(String(16))
+    error_code: Mapped[str | None] = mapped_column(String(64))
     queued_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     # When the message went to the provider; its local day is the day quotas count it on.
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
@@ -228,7 +230,7 @@ class Attempt(Base):
     message_id: Mapped[int] = mapped_column(BigInteger, index=True)
     attempted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     outcome: Mapped[str] = mapped_column(String(16))
-    error_code: Mapped[str | None] = mapped_column(String(16))
+    error_code: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[str | None] = mapped_column(Text)
 
 
@@ -240,7 +242,7 @@ class PendingStatus(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     provider_message_id: Mapped[str] = mapped_column(String(64), index=True)
     status: Mapped[str] = mapped_column(String(16))
-    error_code: Mapped[str | None] = mapped_column(String(16))
+    error_code: Mapped[str | None] = mapped_column(String(64))
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 

@@ -27,15 +27,20 @@ from pydantic import TypeAdapter, ValidationError
 from scheduler.campaigns import CAMPAIGNS_FILE, Campaign, load_campaigns
 from scheduler.config import DISTRICT_FILE, SEGMENTS, District, node_line
 from scheduler.core import Core
-from scheduler.exceptions import ConfigError, PingAnError
+from scheduler.exceptions import ConfigError, PingAnError, TemplateError
+from scheduler.gateway_templates import (
+    GATEWAY_TEMPLATES_FILE,
+    GatewayTemplates,
+    load_gateway_templates,
+)
 from scheduler.phones import mask
 from scheduler.providers.base import ErrorInfo
-from scheduler.providers.twilio import ERRORS_FILE
+from scheduler.providers.registry import provider_class, provider_classes
 from scheduler.quotas import QUOTAS_FILE, QuotaRule
 from scheduler.settings import Settings
 from scheduler.store import outbox
 from scheduler.store.outbox import RecipientRow
-from scheduler.templating import Catalogue
+from scheduler.templating import CHANNEL_VARIABLES, Catalogue
 
 Loc = Sequence[str | int]
 
@@ -50,10 +55,13 @@ class Problem:
     reason: str
     line: int | None = None
     fatal: bool = False
+    # Worth a look but not wrong (check still exits 0).
+    warning: bool = False
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.path}: {self.reason}" if self.path else f"{where}: {self.reason}"
+        reason = f"warning: {self.reason}" if self.warning else self.reason
+        return f"{where}: {self.path}: {reason}" if self.path else f"{where}: {reason}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +70,7 @@ class Problem:
             "path": self.path,
             "reason": self.reason,
             "fatal": self.fatal,
+            "warning": self.warning,
             "message": str(self),
         }
 
@@ -77,7 +86,7 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return all(p.warning for p in self.problems)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -146,13 +155,14 @@ class _Checker:
         *,
         fatal: bool = False,
         line: int | None = None,
+        warning: bool = False,
     ) -> None:
         path = loc if isinstance(loc, str) else loc_path(loc)
         if isinstance(file, YamlFile):
             if line is None and not isinstance(loc, str):
                 line = file.line(loc)
             file = file.path
-        self.problems.append(Problem(str(file), path, reason, line, fatal))
+        self.problems.append(Problem(str(file), path, reason, line, fatal, warning))
 
     def read(self, path: Path, *, fatal: bool, required: bool = True) -> YamlFile | None:
         """The file parsed, or None after recording why it cannot be (missing, not UTF-8,
@@ -337,8 +347,17 @@ class _Checker:
                             f"in {DISTRICT_FILE}",
                         )
 
-    def error_catalogue(self) -> None:
-        y = self.read(self.settings.config_dir / ERRORS_FILE, fatal=False, required=False)
+    def error_catalogues(self) -> None:
+        """Each provider's error catalogue (its own file, `Provider.catalogue_file`): the
+        configured provider's must exist; another's is checked when present (delivery stats
+        read it for messages sent before a switch)."""
+        for cls in provider_classes():
+            path = cls.catalogue_file(self.settings.config_dir)
+            if path is not None:
+                self.error_catalogue(path, required=cls.name == self.settings.provider)
+
+    def error_catalogue(self, path: Path, *, required: bool) -> None:
+        y = self.read(path, fatal=False, required=required)
         if y is None or y.data is None:
             return
         data = {str(k): v for k, v in y.data.items()} if isinstance(y.data, dict) else y.data
@@ -566,6 +585,103 @@ class _Checker:
             return False
         return True
 
+    # -- template-code gateways ------------------------------------------------------------
+
+    def gateway_templates(
+        self,
+        district: District,
+        catalogue: Catalogue,
+        campaigns: list[tuple[int, Campaign]],
+        usable: dict[str, list[str]],
+    ) -> None:
+        """For a gateway that sends template codes (aliyun, tencent): every SMS template a
+        campaign uses has a code in config/gateway_templates.yaml, whose parameters cover the
+        template's variables and read only variables the context has; its signature setting
+        matches the district's."""
+        cls = provider_class(self.settings.provider)
+        if not cls.uses_templates:
+            return
+        gateway = cls.name
+        path = self.settings.config_dir / GATEWAY_TEMPLATES_FILE
+        signature = cls.signature_setting(self.settings)
+        if signature is not None:
+            setting, value = signature
+            wanted = district.district.signature.strip("【】")
+            if value != wanted:
+                self.add(
+                    ".env / environment",
+                    setting,
+                    f"{value!r} differs from the district's signature {wanted!r} "
+                    f"({DISTRICT_FILE}): the gateway shows {setting}, messages are counted "
+                    "with the district's",
+                    warning=True,
+                )
+        try:
+            mappings = load_gateway_templates(self.settings.config_dir)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                line, _, rest = problem.partition(": ")
+                at = int(line.removeprefix("line ")) if line.startswith("line ") else None
+                where, _, reason = rest.partition(": ") if at else problem.partition(": ")
+                self.add(path, where, reason or problem, line=at)
+            return
+        if not path.exists():
+            self.add(path, "", f"file not found: provider {gateway} sends template codes")
+            return
+        self.checked["files"] += 1
+        for _, c in campaigns:
+            if c.channel != "sms":
+                continue
+            for name in usable.get(c.name, []):
+                self._gateway_template(mappings, catalogue, gateway, name, c.name)
+
+    def _gateway_template(
+        self,
+        mappings: GatewayTemplates,
+        catalogue: Catalogue,
+        gateway: str,
+        name: str,
+        campaign: str,
+    ) -> None:
+        path = mappings.path
+        mapping = mappings.get(gateway, name)
+        if mapping is None:
+            self.add(
+                path,
+                f"{gateway}.{name}",
+                f"no {gateway} template code for template {name!r} (campaign {campaign!r}): "
+                "register it at the gateway and add its code and parameters",
+                line=mappings.line(gateway),
+            )
+            return
+        loc = f"{gateway}.{name}.params"
+        line = mappings.line(gateway, name)
+        info = catalogue.get(name)
+        read = mappings.variables(name, gateway)
+        missing = sorted(info.variables - read)
+        if missing:
+            self.add(
+                path,
+                loc,
+                f"template {name!r} uses {', '.join(missing)}, which no parameter passes "
+                "to the gateway",
+                line=line,
+            )
+        unknown = sorted(read - CHANNEL_VARIABLES["sms"])
+        if unknown:
+            self.add(
+                path,
+                loc,
+                f"parameters read {', '.join(unknown)}, which SMS templates do not have "
+                f"(known: {', '.join(sorted(CHANNEL_VARIABLES['sms']))})",
+                line=line,
+            )
+            return
+        try:
+            mappings.render(name, catalogue.sample_context(info))
+        except TemplateError as exc:
+            self.add(path, loc, str(exc).split(": ", 2)[-1], line=line)
+
     # -- all -----------------------------------------------------------------------------
 
     def run(self) -> Report:
@@ -576,12 +692,17 @@ class _Checker:
         district = self.district()
         campaigns = self.campaigns(district)
         self.quotas(district)
-        self.error_catalogue()
+        self.error_catalogues()
         self.replies()
-        self.other_yaml({DISTRICT_FILE, CAMPAIGNS_FILE, QUOTAS_FILE, ERRORS_FILE, "replies.yaml"})
+        catalogues = {p.name for cls in provider_classes() if (p := cls.catalogue_file(config_dir))}
+        self.other_yaml(
+            {DISTRICT_FILE, CAMPAIGNS_FILE, QUOTAS_FILE, GATEWAY_TEMPLATES_FILE, "replies.yaml"}
+            | catalogues
+        )
         db_ok = self.database()
         if district is not None:
             catalogue, usable = self.templates(district, campaigns, config_dir / CAMPAIGNS_FILE)
+            self.gateway_templates(district, catalogue, campaigns, usable)
             if db_ok:
                 residents = self.sample(district)
                 self.renders(district, catalogue, campaigns, usable, residents)

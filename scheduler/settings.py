@@ -25,6 +25,36 @@ class TwilioSettings(BaseModel):
     timeout_seconds: float = 10.0
 
 
+class AliyunSettings(BaseModel):
+    """Alibaba Cloud SMS (issue 14): an AccessKey, the approved signature name (签名, without
+    【】) and, for tests, the fake's endpoint over http. Receipts and replies are pushed to
+    /webhooks/aliyun/status and /webhooks/aliyun/inbound with `?token=WEBHOOK_TOKEN`."""
+
+    access_key_id: str = ""
+    access_key_secret: SecretStr = SecretStr("")
+    sign_name: str = ""
+    # host[:port] of the SMS API.
+    endpoint: str = "dysmsapi.aliyuncs.com"
+    protocol: Literal["https", "http"] = "https"
+    timeout_seconds: float = Field(10.0, gt=0)
+    # Numbers per SendBatchSms call (the API takes at most 100).
+    batch_size: int = Field(100, ge=1, le=100)
+    # The pushes are unsigned: they must carry this token (query `token=`), else 403/503.
+    webhook_token: SecretStr = SecretStr("")
+    # Addresses or networks (CIDR) allowed to push; empty: any.
+    webhook_allow_ips: list[str] = Field(default_factory=list)
+
+    @field_validator("webhook_allow_ips")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not an address or network (CIDR)") from exc
+        return [item.strip() for item in value]
+
+
 class DryRunSettings(BaseModel):
     """The dry-run provider logs JSON lines and simulates delivery: nothing needs an account."""
 
@@ -171,6 +201,7 @@ class Settings(BaseSettings):
     )
 
     twilio: TwilioSettings = Field(default_factory=TwilioSettings)
+    aliyun: AliyunSettings = Field(default_factory=AliyunSettings)
     dryrun: DryRunSettings = Field(default_factory=DryRunSettings)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import abc
 import datetime as dt
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
@@ -33,6 +33,7 @@ from scheduler.exceptions import ProviderError
 if TYPE_CHECKING:
     from fastapi import APIRouter
 
+    from scheduler.gateway_templates import GatewayTemplates
     from scheduler.settings import Settings
 
 
@@ -57,9 +58,14 @@ class DeliveryStatus(enum.StrEnum):
 class OutboundMessage:
     id: int
     phone: str
+    # Our text, signature included (what Twilio sends, what segments are counted on).
     body: str
     carrier: str
     segments: int
+    # Our template's name, and its parameter values for this provider's gateway template
+    # (config/gateway_templates.yaml): what a template-code gateway sends instead of `body`.
+    template: str | None = None
+    params: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +165,38 @@ class ProviderEvents(Protocol):
         ...
 
 
+def no_template(msg: OutboundMessage, gateway: str, why: str = "") -> SendError:
+    """What a template-code provider raises for a message it has no code or parameters for:
+    no message of the campaign can go out until the mapping is added, so it halts."""
+    return SendError(
+        f"template {msg.template!r} has no {gateway} template code or parameters "
+        f"(config/gateway_templates.yaml){': ' + why if why else ''}",
+        kind=ErrorKind.PERMANENT,
+        code="NO_TEMPLATE",
+        halt=True,
+        meaning="模板未在短信平台登记（config/gateway_templates.yaml 中没有模板编号或参数）",
+    )
+
+
+def template_code(
+    msg: OutboundMessage, templates: GatewayTemplates, gateway: str
+) -> tuple[str, Mapping[str, str]]:
+    """The gateway template code and parameter values to send `msg` with; raises
+    `no_template` when the mapping or the stored values are missing, or when the mapping's
+    parameter names changed after the message was expanded (its values no longer fit)."""
+    mapping = templates.get(gateway, msg.template) if msg.template else None
+    if mapping is None or msg.params is None:
+        raise no_template(msg, gateway)
+    if set(msg.params) != set(mapping.params):
+        raise no_template(
+            msg,
+            gateway,
+            f"parameters {sorted(msg.params)} were stored, the mapping now names "
+            f"{sorted(mapping.params)}",
+        )
+    return mapping.code, msg.params
+
+
 class WebhookRefused(Exception):
     """A provider's webhook refused a request (bad signature 403, no secret 503)."""
 
@@ -176,6 +214,9 @@ class Provider(abc.ABC):
     max_batch: int = 1
     # Held to the dispatch rate limits (a real carrier is; a rehearsal need not be).
     paced: bool = True
+    # Sends a registered template code and parameters, not our text (aliyun, tencent): the
+    # gateway adds the signature itself, and `pingan check` verifies the code mappings.
+    uses_templates: ClassVar[bool] = False
 
     @classmethod
     @abc.abstractmethod
@@ -185,6 +226,12 @@ class Provider(abc.ABC):
     @classmethod
     def catalogue_file(cls, config_dir: Path) -> Path | None:
         """Where this provider's error catalogue lives (None: it keeps it in code)."""
+        return None
+
+    @classmethod
+    def signature_setting(cls, settings: Settings) -> tuple[str, str] | None:
+        """The setting naming the signature a gateway adds itself, and its value (checked
+        against the district's by `pingan check`); None when we send the signature."""
         return None
 
     @classmethod

@@ -198,6 +198,18 @@ def bodies(engine: Engine, ids: Iterable[int]) -> dict[int, str]:
     return {r[0]: r[1] for r in rows}
 
 
+def body_templates(engine: Engine, ids: Iterable[int]) -> dict[int, tuple[str, str | None]]:
+    """Each body's template name and stored gateway parameters (JSON), for template-code
+    gateways (scheduler.gateway_templates)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(MessageBody.id, MessageBody.template_name, MessageBody.params).where(
+                MessageBody.id.in_(list(set(ids)))
+            )
+        ).all()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
 def stuck_sending(
     engine: Engine, *, claimed_before: dt.datetime
 ) -> list[tuple[Claimed, dt.datetime | None]]:

@@ -276,9 +276,15 @@ def ensure_body(
     template_hash: str,
     chars: int,
     segments: int,
+    params: str | None = None,
 ) -> int:
-    """The id of the stored body with this text and provenance, stored if new."""
-    digest = hashlib.sha256(f"{template_name}\0{template_hash}\0{text}".encode()).hexdigest()
+    """The id of the stored body with this text, provenance and gateway parameters (JSON,
+    see scheduler.gateway_templates), stored if new."""
+    key = f"{template_name}\0{template_hash}\0{text}"
+    if params is not None:
+        # Bodies stored before gateway parameters existed keep their digests.
+        key += f"\0{params}"
+    digest = hashlib.sha256(key.encode()).hexdigest()
     with transaction(engine) as s:
         s.execute(
             _insert(s, MessageBody)
@@ -289,6 +295,7 @@ def ensure_body(
                 template_hash=template_hash,
                 chars=chars,
                 segments=segments,
+                params=params,
             )
             .on_conflict_do_nothing(index_elements=["digest"])
         )
