@@ -26,13 +26,21 @@ from sqlalchemy.orm import Session
 from scheduler.callbacks import Callbacks
 from scheduler.core import Core
 from scheduler.dispatcher import Dispatcher, build_dispatcher
+from scheduler.gateway_templates import load_params
 from scheduler.models import Attempt, Message, MessageState, Occurrence, OptOut, SendCounter
 from scheduler.providers import make_provider, names, provider_class
 from scheduler.providers.base import DeliveryStatus, OutboundMessage, Provider, StatusReport
 from scheduler.providers.dryrun import DryRunProvider
 from scheduler.providers.dryrun import Fault as DryRunFault
-from scheduler.settings import DispatchSettings, DryRunSettings, Settings, TwilioSettings
+from scheduler.settings import (
+    DispatchSettings,
+    DryRunSettings,
+    Settings,
+    TencentSettings,
+    TwilioSettings,
+)
 from scheduler.store import delivery
+from scheduler.testing import fake_tencent
 from scheduler.testing.fake_twilio import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -193,6 +201,66 @@ class TwilioHarness(Harness):
             return {sid: DeliveryStatus(m.final) for sid, m in self.fake.messages.items()}
 
 
+class TencentHarness(Harness):
+    """The real tencentcloud SDK against scheduler/testing/fake_tencent.py."""
+
+    TOKEN = "contract-token"
+
+    def __init__(self, fake: fake_tencent.FakeTencent) -> None:
+        self.fake = fake
+        self.port = _free_port()
+
+    def settings(self, base: Settings) -> Settings:
+        return base.model_copy(
+            update={
+                "provider": "tencent",
+                "http_port": self.port,
+                "tencent": TencentSettings(
+                    secret_id=fake_tencent.SECRET_ID,
+                    secret_key=SecretStr(fake_tencent.SECRET_KEY),
+                    sdk_app_id=fake_tencent.SDK_APP_ID,
+                    sign_name=fake_tencent.SIGN_NAME,
+                    endpoint=self.fake.endpoint,
+                    protocol="http",
+                    timeout_seconds=0.5,
+                    webhook_token=SecretStr(self.TOKEN),
+                ),
+            }
+        )
+
+    def provider(self, settings: Settings) -> Provider:
+        return make_provider(settings)
+
+    def fault(self, fault: Fault | None) -> None:
+        c = self.fake.config
+        c.throttle = 1.0 if fault == Fault.TRANSIENT else 0.0
+        c.fail_500_after_create = 1.0 if fault == Fault.UNCERTAIN_SENT else 0.0
+        code = {
+            Fault.PERMANENT: "InvalidParameterValue.IncorrectPhoneNumber",
+            Fault.OPT_OUT: "FailedOperation.PhoneNumberInBlacklist",
+        }
+        c.permanent = {code[fault]: 1.0} if fault in code else {}
+        # No template of ours approved: FailedOperation.TemplateIncorrectOrUnapproved.
+        c.unapproved_templates = {"*"} if fault == Fault.HALT else set()
+
+    def sent(self) -> list[str]:
+        return self.fake.sent_numbers()
+
+    def push_receipts(self, core: Core) -> dict[str, DeliveryStatus]:
+        server = HttpServer(create_app(core), "127.0.0.1", self.port)
+        server.start()
+        try:
+            time.sleep(0.5)
+            url = f"http://127.0.0.1:{self.port}/webhooks/tencent/status?token={self.TOKEN}"
+            posts = self.fake.post_receipts(url, duplicate_share=1.0, shuffle=True)
+        finally:
+            server.stop()
+        assert set(posts) == {200}
+        final = {"SUCCESS": DeliveryStatus.DELIVERED, "FAIL": DeliveryStatus.UNDELIVERED}
+        with self.fake.lock:
+            return {sid: final[m.final] for sid, m in self.fake.messages.items()}
+
+
 @pytest.fixture(params=names())
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     name = request.param
@@ -201,6 +269,10 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
     elif name == "twilio":
         with running_fake_twilio(FakeConfig(undelivered_share=0.5)) as fake:
             yield TwilioHarness(fake)
+    elif name == "tencent":
+        config = fake_tencent.FakeConfig(undelivered_share=0.5)
+        with fake_tencent.running_fake_tencent(config) as tencent:
+            yield TencentHarness(tencent)
     else:
         pytest.fail(f"provider {name!r} is registered but has no contract harness")
 
@@ -283,7 +355,18 @@ def test_send_cut_by_a_crash_is_reconciled_once(harness: Harness, world: World) 
     """Claimed and handed over, then the process died before recording it."""
     [claimed] = delivery.claim_due(world.core.engine, now=world.clock(), limit=10)
     body = delivery.bodies(world.core.engine, [claimed.body_id])[claimed.body_id]
-    msg = OutboundMessage(claimed.id, claimed.phone, body, claimed.carrier, claimed.segments)
+    template, params = delivery.body_templates(world.core.engine, [claimed.body_id])[
+        claimed.body_id
+    ]
+    msg = OutboundMessage(
+        claimed.id,
+        claimed.phone,
+        body,
+        claimed.carrier,
+        claimed.segments,
+        template=template,
+        params=load_params(params, world.provider.name),
+    )
     accepted = world.provider.send(msg)
     world.clock.now += dt.timedelta(hours=1)
     stats = world.dispatcher.run(until_empty=True)
