@@ -82,8 +82,8 @@ def _env(core: Core, base: str, **extra: str) -> dict[str, str]:
 
 def _states(core: Core) -> dict[MessageState, int]:
     with Session(core.engine) as s:
-        rows = s.execute(select(Message.state, func.count()).group_by(Message.state))
-    return dict(rows.tuples())
+        rows = s.execute(select(Message.state, func.count()).group_by(Message.state)).all()
+    return {row[0]: row[1] for row in rows}
 
 
 def test_killed_dispatcher_resumes_without_sending_a_number_twice(core: Core) -> None:
