@@ -3,7 +3,8 @@
 One suite, parametrised over the registry: each provider comes with a harness that knows how
 to inject its gateway's faults and push its receipts (dry-run in-process; Twilio with the real
 `twilio` client against scheduler/testing/fake_twilio.py and the real HTTP app on 127.0.0.1).
-A new provider (issue 14: aliyun, tencent) must add a harness here, or the first test fails.
+Aliyun runs the real Alibaba Cloud SDK against scheduler/testing/fake_aliyun.py. A new provider
+(issue 14: tencent) must add a harness here, or the first test fails.
 """
 
 from __future__ import annotations
@@ -26,13 +27,15 @@ from sqlalchemy.orm import Session
 from scheduler.callbacks import Callbacks
 from scheduler.core import Core
 from scheduler.dispatcher import Dispatcher, build_dispatcher
-from scheduler.gateway_templates import load_params
+from scheduler.gateway_templates import load_gateway_templates, load_params
 from scheduler.models import Attempt, Message, MessageState, Occurrence, OptOut, SendCounter
 from scheduler.providers import make_provider, names, provider_class
+from scheduler.providers.aliyun import provider_id as aliyun_id
 from scheduler.providers.base import DeliveryStatus, OutboundMessage, Provider, StatusReport
 from scheduler.providers.dryrun import DryRunProvider
 from scheduler.providers.dryrun import Fault as DryRunFault
 from scheduler.settings import (
+    AliyunSettings,
     DispatchSettings,
     DryRunSettings,
     Settings,
@@ -41,6 +44,8 @@ from scheduler.settings import (
 )
 from scheduler.store import delivery
 from scheduler.testing import fake_tencent
+from scheduler.testing.fake_aliyun import FakeAliyun, running_fake_aliyun
+from scheduler.testing.fake_aliyun import FakeConfig as AliyunFakeConfig
 from scheduler.testing.fake_twilio import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -93,6 +98,9 @@ class Harness(abc.ABC):
     def push_receipts(self, core: Core) -> dict[str, DeliveryStatus]:
         """Push every receipt (sent, then final) duplicated and shuffled, the provider's way;
         returns the final status per provider message id."""
+
+    def use_clock(self, clock: Clock) -> None:  # noqa: B027 - optional hook
+        """The world's simulated clock, for a fake that dates what it sent (lookups by day)."""
 
 
 class DryRunHarness(Harness):
@@ -147,6 +155,72 @@ class DryRunHarness(Harness):
         for r in reports:
             assert events.status(r) in {"applied", "unchanged"}
         return final
+
+
+class AliyunHarness(Harness):
+    """The real Alibaba Cloud SDK against scheduler/testing/fake_aliyun.py, signatures checked."""
+
+    TOKEN = "receipt-token"
+
+    def __init__(self, fake: FakeAliyun) -> None:
+        self.fake = fake
+        self.port = _free_port()
+
+    def settings(self, base: Settings) -> Settings:
+        return base.model_copy(
+            update={
+                "provider": "aliyun",
+                "http_port": self.port,
+                "aliyun": AliyunSettings(
+                    access_key_id="AK-test",
+                    access_key_secret=SecretStr("AK-secret"),
+                    sign_name="平安上虞",
+                    endpoint=self.fake.endpoint,
+                    protocol="http",
+                    timeout_seconds=0.5,
+                    webhook_token=SecretStr(self.TOKEN),
+                ),
+            }
+        )
+
+    def provider(self, settings: Settings) -> Provider:
+        return make_provider(settings)
+
+    def use_clock(self, clock: Clock) -> None:
+        self.fake.config.clock = clock
+
+    def fault(self, fault: Fault | None) -> None:
+        c = self.fake.config
+        if fault == Fault.OPT_OUT:
+            pytest.skip("aliyun refuses no send for an opt-out: refusals come as replies (SmsUp)")
+        c.throttle = 1.0 if fault == Fault.TRANSIENT else 0.0
+        c.fail_500_after_accept = 1.0 if fault == Fault.UNCERTAIN_SENT else 0.0
+        c.illegal_number = 1.0 if fault == Fault.PERMANENT else 0.0
+        # The template withdrawn at the gateway: isv.SMS_TEMPLATE_ILLEGAL for every send.
+        codes = load_gateway_templates(Path("config")).by_gateway["aliyun"]
+        c.unapproved_templates = {m.code for m in codes.values()} if fault == Fault.HALT else set()
+
+    def sent(self) -> list[str]:
+        with self.fake.lock:
+            return [m.phone for m in self.fake.messages]
+
+    def push_receipts(self, core: Core) -> dict[str, DeliveryStatus]:
+        server = HttpServer(create_app(core), "127.0.0.1", self.port)
+        server.start()
+        try:
+            time.sleep(0.5)
+            url = f"http://127.0.0.1:{self.port}/webhooks/aliyun/status?token={self.TOKEN}"
+            codes = self.fake.push_receipts(url, duplicate_share=1.0, shuffle=True, per_post=5)
+        finally:
+            server.stop()
+        assert set(codes) == {200}
+        with self.fake.lock:
+            return {
+                aliyun_id(m.out_id, m.phone): (
+                    DeliveryStatus.DELIVERED if m.delivered else DeliveryStatus.UNDELIVERED
+                )
+                for m in self.fake.messages
+            }
 
 
 class TwilioHarness(Harness):
@@ -269,6 +343,10 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
     elif name == "twilio":
         with running_fake_twilio(FakeConfig(undelivered_share=0.5)) as fake:
             yield TwilioHarness(fake)
+    elif name == "aliyun":
+        config = AliyunFakeConfig(keys={"AK-test": "AK-secret"}, undelivered_share=0.5)
+        with running_fake_aliyun(config) as fake:
+            yield AliyunHarness(fake)
     elif name == "tencent":
         config = fake_tencent.FakeConfig(undelivered_share=0.5)
         with fake_tencent.running_fake_tencent(config) as tencent:
@@ -289,6 +367,7 @@ class World:
             }
         )
         self.clock = Clock(MONDAY + dt.timedelta(minutes=5))
+        harness.use_clock(self.clock)
         self.core = Core(self.settings, clock=self.clock)
         add_recipients(self.core.engine, self.core.district, n)
         self.core.planner().fire_scheduled(self.core.campaigns.get("weekly-antifraud"), MONDAY)
@@ -355,16 +434,14 @@ def test_send_cut_by_a_crash_is_reconciled_once(harness: Harness, world: World) 
     """Claimed and handed over, then the process died before recording it."""
     [claimed] = delivery.claim_due(world.core.engine, now=world.clock(), limit=10)
     body = delivery.bodies(world.core.engine, [claimed.body_id])[claimed.body_id]
-    template, params = delivery.body_templates(world.core.engine, [claimed.body_id])[
-        claimed.body_id
-    ]
+    name, params = delivery.body_templates(world.core.engine, [claimed.body_id])[claimed.body_id]
     msg = OutboundMessage(
         claimed.id,
         claimed.phone,
         body,
         claimed.carrier,
         claimed.segments,
-        template=template,
+        template=name,
         params=load_params(params, world.provider.name),
     )
     accepted = world.provider.send(msg)
