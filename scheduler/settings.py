@@ -89,6 +89,9 @@ class TencentSettings(BaseModel):
     protocol: Literal["https", "http"] = "https"
     region: str = "ap-guangzhou"
     timeout_seconds: float = Field(10.0, gt=0)
+    # A look-up sees a message only once its carrier report exists: one that finds nothing
+    # pulls again until this long after the send before concluding it was never sent.
+    report_wait_seconds: float = Field(60.0, ge=0)
     # The pushes are unsigned: they must carry this token (query `token=`), else 403/503.
     webhook_token: SecretStr = SecretStr("")
     # Addresses or networks (CIDR) allowed to push; empty: any.

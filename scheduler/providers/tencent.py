@@ -315,12 +315,36 @@ class TencentProvider(Provider):
         return None
 
     def find_sent(self, msg: OutboundMessage, since: dt.datetime) -> Accepted | None:
-        return self._match(msg, self._pull(msg.phone, since))
+        [found] = self.find_sent_many([(msg, since)])
+        if isinstance(found, SendError):
+            raise found
+        return found
 
     def find_sent_many(
         self, lookups: Sequence[tuple[OutboundMessage, dt.datetime]]
     ) -> list[Accepted | SendError | None]:
-        """One pull per number (a number's messages share it), from its earliest `since`."""
+        """One pull per number (a number's messages share it), from its earliest `since`;
+        numbers with a message not found are pulled again once its report could have come
+        (`report_wait_seconds` after the send), before it is concluded unsent."""
+        out: list[Accepted | SendError | None] = self._lookup_once(lookups)
+        wait = self.cfg.report_wait_seconds
+        # `since` is a little before the hand-over (the dispatcher's margin), on its clock.
+        due = [
+            since.timestamp() + wait - time.time()
+            for (_, since), found in zip(lookups, out, strict=True)
+            if found is None
+        ]
+        pending = [d for d in due if d > 0]
+        if pending:
+            time.sleep(min(max(pending), wait))
+            again = [i for i, found in enumerate(out) if found is None]
+            for i, found in zip(again, self._lookup_once([lookups[i] for i in again]), strict=True):
+                out[i] = found
+        return out
+
+    def _lookup_once(
+        self, lookups: Sequence[tuple[OutboundMessage, dt.datetime]]
+    ) -> list[Accepted | SendError | None]:
         earliest: dict[str, dt.datetime] = {}
         for msg, since in lookups:
             earliest[msg.phone] = min(since, earliest.get(msg.phone, since))

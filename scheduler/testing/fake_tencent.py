@@ -82,6 +82,8 @@ class FakeConfig:
     # Template codes answered TemplateIncorrectOrUnapproved ("*": every one).
     unapproved_templates: set[str] = field(default_factory=set)
     undelivered_share: float = 0.0
+    # A message shows in pulls only this long after it was sent (its carrier report's delay).
+    report_delay: float = 0.0
     seed: int = 7
     # After this many messages, hold every further SendSms answer (after accepting it) until
     # POST /_fake/release: a dispatcher is then certainly waiting on Tencent, mid-batch.
@@ -302,12 +304,14 @@ class FakeTencent:
         end = int(params.get("EndTime") or time.time() + 1)
         offset = int(params.get("Offset") or 0)
         limit = min(int(params.get("Limit") or 100), 100)
+        reported_before = time.time() - self.config.report_delay
         with self.lock:
             found = [
-                self.messages[s]
-                for s in self.order
-                if self.messages[s].phone == phone
-                and int(begin) <= self.messages[s].created.timestamp() <= end
+                m
+                for m in (self.messages[s] for s in self.order)
+                if m.phone == phone
+                and int(begin) <= m.created.timestamp() <= end
+                and m.created.timestamp() <= reported_before
             ][offset : offset + limit]
         return {
             "PullSmsSendStatusSet": [

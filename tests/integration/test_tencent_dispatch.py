@@ -72,6 +72,8 @@ def _env(core: Core, base: str, **extra: str) -> dict[str, str]:
         PINGAN_TENCENT__SIGN_NAME=SIGN_NAME,
         PINGAN_TENCENT__ENDPOINT=base.removeprefix("http://"),
         PINGAN_TENCENT__PROTOCOL="http",
+        # The fake reports at once: a look-up finding nothing need not wait for a late report.
+        PINGAN_TENCENT__REPORT_WAIT_SECONDS="1",
         PINGAN_SENDING_HOURS="00:00-23:59",
         PINGAN_LOG_FORMAT="json",
         PINGAN_LOG_LEVEL="WARNING",

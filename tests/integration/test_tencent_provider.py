@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,6 +44,7 @@ def _settings(endpoint: str, **overrides: object) -> Settings:
         "endpoint": endpoint,
         "protocol": "http",
         "timeout_seconds": 0.5,
+        "report_wait_seconds": 0,
         **overrides,
     }
     return Settings(config_dir=ROOT / "config", tencent=TencentSettings(**cfg))  # type: ignore[arg-type]
@@ -207,6 +209,28 @@ def test_lookup_tells_two_messages_to_one_number_apart(
     assert found is not None and found.provider_message_id == second.provider_message_id
     # Before the first was sent, nothing of ours was there.
     assert provider.find_sent(_msg(1), dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)) is None
+
+
+def test_lookup_waits_for_a_late_report(fake: FakeTencent) -> None:
+    """Tencent lists a message only once its carrier report is in: a look-up right after a
+    lost answer pulls again when the report could have come, instead of resending."""
+    fake.config.report_delay = 1.5
+    fake.config.fail_500_after_create = 1.0
+    hasty = TencentProvider.from_settings(_settings(fake.endpoint))
+    patient = TencentProvider.from_settings(_settings(fake.endpoint, report_wait_seconds=4))
+    try:
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+        with pytest.raises(SendError) as err:
+            patient.send(_msg(1))
+        assert err.value.kind == ErrorKind.UNCERTAIN
+        assert hasty.find_sent(_msg(1), since) is None  # too early: a resend would duplicate
+        started = time.monotonic()
+        found = patient.find_sent(_msg(1), since)
+        assert found is not None and found.provider_message_id in fake.messages
+        assert 0.5 < time.monotonic() - started < 4.5
+    finally:
+        hasty.close()
+        patient.close()
 
 
 def _refusing_port() -> int:
