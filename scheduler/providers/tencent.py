@@ -142,6 +142,10 @@ class TencentProvider(Provider):
         return config_dir / ERRORS_FILE
 
     @classmethod
+    def signature_setting(cls, settings: Settings) -> tuple[str, str] | None:
+        return "PINGAN_TENCENT__SIGN_NAME", settings.tencent.sign_name
+
+    @classmethod
     def webhook_router(cls, settings: Settings, events: ProviderEvents) -> APIRouter | None:
         from scheduler.providers.tencent_webhooks import tencent_router
 

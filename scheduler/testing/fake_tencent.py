@@ -43,7 +43,7 @@ from typing import Any
 SECRET_ID = "AKIDfakefakefakefakefakefakefakefake"
 SECRET_KEY = "fake-secret-key"
 SDK_APP_ID = "1400000001"
-SIGN_NAME = "平安示范区"
+SIGN_NAME = "平安上虞"  # the sample district's signature, without 【】
 MAX_NUMBERS = 200
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 MESSAGES = {

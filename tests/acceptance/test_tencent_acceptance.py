@@ -69,8 +69,11 @@ def test_weekly_sms_through_tencent_with_pushed_receipts(tmp_path: Path) -> None
             "PINGAN_TENCENT__WEBHOOK_TOKEN": TOKEN,
             "PINGAN_HTTP_PORT": str(http_port),
         }
-        check = pingan(tmp_path, "check", ok=False, **env)
+        check = pingan(tmp_path, "check", "--format", "json", ok=False, **env)
         assert check.returncode == 0, check.stdout + check.stderr
+        assert as_json(check)["problems"] == []  # codes mapped, signature as the district's
+        other = pingan(tmp_path, "check", ok=False, **{**env, "PINGAN_TENCENT__SIGN_NAME": "别的"})
+        assert "PINGAN_TENCENT__SIGN_NAME" in other.stdout + other.stderr
         pingan(tmp_path, "run", "--once", "--clock", "2022-10-10T09:30", **env)
         assert _fake_stats(base)["created"] == N
         assert _fake_stats(base)["duplicates"] == 0
