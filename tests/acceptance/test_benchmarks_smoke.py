@@ -89,6 +89,25 @@ def test_dispatch_benchmark_runs_at_tiny_size(tmp_path: Path) -> None:
     assert "pingan / ceiling" in out
 
 
+@pytest.mark.parametrize("gateway", ["aliyun"])
+def test_gateway_benchmark_runs_at_tiny_size(gateway: str, tmp_path: Path) -> None:
+    out = _run(
+        [
+            "benchmarks/bench_gateway.py",
+            "--gateway",
+            gateway,
+            "--messages",
+            "400",
+            "--concurrency",
+            "2",
+            "--port",
+            str(_free_port()),
+        ],
+        tmp_path,
+    )
+    assert "sdk / ceiling" in out and "pingan / ceiling" in out
+
+
 @pytest.mark.postgres
 @pytest.mark.skipif(not PG_URL, reason="no PostgreSQL server (set PINGAN_TEST_POSTGRES_URL)")
 @pytest.mark.parametrize(
