@@ -245,6 +245,10 @@ class TencentProvider(Provider):
                 )
             elif str(status.Code) == "Ok" and status.SerialNo:
                 out[m.id] = Accepted(str(status.SerialNo))
+            elif str(status.Code) == "Ok":  # taken, but no id to find it by: look it up
+                out[m.id] = SendError(
+                    f"SendSms took {mask(m.phone)} without a SerialNo", kind=ErrorKind.UNCERTAIN
+                )
             else:
                 out[m.id] = self._coded(str(status.Code), str(status.Message or ""))
         return out

@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from scheduler.logs import get_logger
 from scheduler.providers.base import (
@@ -64,8 +64,6 @@ class TencentAnswer(BaseModel):
 
     result: int = 0
     errmsg: str = "OK"
-    # How many reports were applied, unchanged, ignored or kept pending (ours, for logs).
-    counts: dict[str, int] = Field(default_factory=dict)
 
 
 def status_report(report: TencentReport, errors: dict[str, ErrorInfo]) -> StatusReport | None:
@@ -134,7 +132,8 @@ def tencent_router(
             report = status_report(r, errors)
             result = "ignored" if report is None else await run_in_threadpool(events.status, report)
             counts[result] = counts.get(result, 0) + 1
-        return TencentAnswer(counts=counts)
+        log.info("webhook.tencent_reports", **counts)
+        return TencentAnswer()
 
     @router.post(
         "/reply",
@@ -142,7 +141,7 @@ def tencent_router(
         summary="A resident's reply; refusal keywords (退订, TD, STOP…) record an opt-out",
     )
     async def reply(body: TencentReply) -> TencentAnswer:
-        opted_out = await run_in_threadpool(events.inbound, InboundReply(body.mobile, body.text))
-        return TencentAnswer(counts={"opted_out": int(opted_out)})
+        await run_in_threadpool(events.inbound, InboundReply(body.mobile, body.text))
+        return TencentAnswer()
 
     return router
