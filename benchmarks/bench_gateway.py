@@ -50,8 +50,14 @@ from scheduler.gateway_templates import load_gateway_templates  # noqa: E402
 from scheduler.logs import configure_logging  # noqa: E402
 from scheduler.providers import make_provider  # noqa: E402
 from scheduler.providers.base import OutboundMessage  # noqa: E402
-from scheduler.settings import AliyunSettings, DispatchSettings, Settings  # noqa: E402
+from scheduler.settings import (  # noqa: E402
+    AliyunSettings,
+    DispatchSettings,
+    Settings,
+    TencentSettings,
+)
 from scheduler.simulation import ManualClock  # noqa: E402
+from scheduler.testing import fake_tencent  # noqa: E402
 from tests.factories import add_recipients  # noqa: E402
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -114,8 +120,63 @@ def _aliyun_bare(session: requests.Session, base: str, phones: list[str]) -> Non
     assert r.status_code == 200 and r.json()["Code"] == "OK", r.text
 
 
+def _tencent_settings(base: str) -> dict[str, object]:
+    return {
+        "provider": "tencent",
+        "tencent": TencentSettings(
+            secret_id=fake_tencent.SECRET_ID,
+            secret_key=SecretStr(fake_tencent.SECRET_KEY),
+            sdk_app_id=fake_tencent.SDK_APP_ID,
+            sign_name=fake_tencent.SIGN_NAME,
+            endpoint=base.removeprefix("http://"),
+            protocol="http",
+            timeout_seconds=30,
+        ),
+    }
+
+
+def _tencent_bare(session: requests.Session, base: str, phones: list[str]) -> None:
+    """SendSms as the SDK posts it, TC3-HMAC-SHA256 signed (the fake verifies it)."""
+    body = json.dumps(
+        {
+            "PhoneNumberSet": ["+86" + p for p in phones],
+            "SmsSdkAppId": fake_tencent.SDK_APP_ID,
+            "SignName": fake_tencent.SIGN_NAME,
+            "TemplateId": _code("tencent"),
+            "TemplateParamSet": ["上虞"],
+            "SessionContext": "bench",
+        }
+    ).encode()
+    host = base.removeprefix("http://")
+    now = int(time.time())
+    date = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d")
+    canonical = (
+        f"POST\n/\n\ncontent-type:application/json\nhost:{host}\n\ncontent-type;host\n"
+        f"{hashlib.sha256(body).hexdigest()}"
+    )
+    signature = fake_tencent.tc3_signature(
+        fake_tencent.SECRET_KEY, date, "sms", str(now), canonical
+    )
+    r = session.post(
+        f"{base}/",
+        data=body,
+        headers={
+            "Content-Type": "application/json",
+            "Host": host,
+            "X-TC-Action": "SendSms",
+            "X-TC-Version": "2021-01-11",
+            "X-TC-Timestamp": str(now),
+            "X-TC-Region": "ap-guangzhou",
+            "Authorization": f"TC3-HMAC-SHA256 Credential={fake_tencent.SECRET_ID}/{date}/sms/"
+            f"tc3_request, SignedHeaders=content-type;host, Signature={signature}",
+        },
+    )
+    assert r.status_code == 200 and "Error" not in r.json()["Response"], r.text
+
+
 GATEWAYS: dict[str, Gateway] = {
     "aliyun": Gateway("scheduler.testing.fake_aliyun", _aliyun_settings, _aliyun_bare),
+    "tencent": Gateway("scheduler.testing.fake_tencent", _tencent_settings, _tencent_bare),
 }
 
 

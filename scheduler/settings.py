@@ -74,6 +74,40 @@ class DryRunSettings(BaseModel):
     rate_limited: bool = False
 
 
+class TencentSettings(BaseModel):
+    """Tencent Cloud SMS (issue 14): an API key pair, the SMS application (SdkAppId), its
+    approved signature name (签名, without 【】) and, for tests, the fake's endpoint over http.
+    Receipts and replies are pushed to /webhooks/tencent/status and /webhooks/tencent/reply
+    with `?token=WEBHOOK_TOKEN`."""
+
+    secret_id: str = ""
+    secret_key: SecretStr = SecretStr("")
+    sdk_app_id: str = ""
+    sign_name: str = ""
+    # host[:port] of the SMS API.
+    endpoint: str = "sms.tencentcloudapi.com"
+    protocol: Literal["https", "http"] = "https"
+    region: str = "ap-guangzhou"
+    timeout_seconds: float = Field(10.0, gt=0)
+    # A look-up sees a message only once its carrier report exists: one that finds nothing
+    # pulls again until this long after the send before concluding it was never sent.
+    report_wait_seconds: float = Field(60.0, ge=0)
+    # The pushes are unsigned: they must carry this token (query `token=`), else 403/503.
+    webhook_token: SecretStr = SecretStr("")
+    # Addresses or networks (CIDR) allowed to push; empty: any.
+    webhook_allow_ips: list[str] = Field(default_factory=list)
+
+    @field_validator("webhook_allow_ips")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not an address or network (CIDR)") from exc
+        return [item.strip() for item in value]
+
+
 class DispatchSettings(BaseModel):
     batch_size: int = Field(500, ge=1)
     concurrency: int = Field(16, ge=1)
@@ -175,6 +209,7 @@ class Settings(BaseSettings):
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    tencent: TencentSettings = Field(default_factory=TencentSettings)
 
     @field_validator("timezone")
     @classmethod

@@ -15,6 +15,7 @@ _PROVIDERS: dict[str, str] = {
     "dryrun": "scheduler.providers.dryrun:DryRunProvider",
     "twilio": "scheduler.providers.twilio:TwilioProvider",
     "aliyun": "scheduler.providers.aliyun:AliyunProvider",
+    "tencent": "scheduler.providers.tencent:TencentProvider",
 }
 
 

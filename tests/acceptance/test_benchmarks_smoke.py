@@ -89,7 +89,7 @@ def test_dispatch_benchmark_runs_at_tiny_size(tmp_path: Path) -> None:
     assert "pingan / ceiling" in out
 
 
-@pytest.mark.parametrize("gateway", ["aliyun"])
+@pytest.mark.parametrize("gateway", ["aliyun", "tencent"])
 def test_gateway_benchmark_runs_at_tiny_size(gateway: str, tmp_path: Path) -> None:
     out = _run(
         [

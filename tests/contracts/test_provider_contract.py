@@ -39,9 +39,11 @@ from scheduler.settings import (
     DispatchSettings,
     DryRunSettings,
     Settings,
+    TencentSettings,
     TwilioSettings,
 )
 from scheduler.store import delivery
+from scheduler.testing import fake_tencent
 from scheduler.testing.fake_aliyun import FakeAliyun, running_fake_aliyun
 from scheduler.testing.fake_aliyun import FakeConfig as AliyunFakeConfig
 from scheduler.testing.fake_twilio import (
@@ -273,6 +275,66 @@ class TwilioHarness(Harness):
             return {sid: DeliveryStatus(m.final) for sid, m in self.fake.messages.items()}
 
 
+class TencentHarness(Harness):
+    """The real tencentcloud SDK against scheduler/testing/fake_tencent.py."""
+
+    TOKEN = "contract-token"
+
+    def __init__(self, fake: fake_tencent.FakeTencent) -> None:
+        self.fake = fake
+        self.port = _free_port()
+
+    def settings(self, base: Settings) -> Settings:
+        return base.model_copy(
+            update={
+                "provider": "tencent",
+                "http_port": self.port,
+                "tencent": TencentSettings(
+                    secret_id=fake_tencent.SECRET_ID,
+                    secret_key=SecretStr(fake_tencent.SECRET_KEY),
+                    sdk_app_id=fake_tencent.SDK_APP_ID,
+                    sign_name=fake_tencent.SIGN_NAME,
+                    endpoint=self.fake.endpoint,
+                    protocol="http",
+                    timeout_seconds=0.5,
+                    webhook_token=SecretStr(self.TOKEN),
+                ),
+            }
+        )
+
+    def provider(self, settings: Settings) -> Provider:
+        return make_provider(settings)
+
+    def fault(self, fault: Fault | None) -> None:
+        c = self.fake.config
+        c.throttle = 1.0 if fault == Fault.TRANSIENT else 0.0
+        c.fail_500_after_create = 1.0 if fault == Fault.UNCERTAIN_SENT else 0.0
+        code = {
+            Fault.PERMANENT: "InvalidParameterValue.IncorrectPhoneNumber",
+            Fault.OPT_OUT: "FailedOperation.PhoneNumberInBlacklist",
+        }
+        c.permanent = {code[fault]: 1.0} if fault in code else {}
+        # No template of ours approved: FailedOperation.TemplateIncorrectOrUnapproved.
+        c.unapproved_templates = {"*"} if fault == Fault.HALT else set()
+
+    def sent(self) -> list[str]:
+        return self.fake.sent_numbers()
+
+    def push_receipts(self, core: Core) -> dict[str, DeliveryStatus]:
+        server = HttpServer(create_app(core), "127.0.0.1", self.port)
+        server.start()
+        try:
+            time.sleep(0.5)
+            url = f"http://127.0.0.1:{self.port}/webhooks/tencent/status?token={self.TOKEN}"
+            posts = self.fake.post_receipts(url, duplicate_share=1.0, shuffle=True)
+        finally:
+            server.stop()
+        assert set(posts) == {200}
+        final = {"SUCCESS": DeliveryStatus.DELIVERED, "FAIL": DeliveryStatus.UNDELIVERED}
+        with self.fake.lock:
+            return {sid: final[m.final] for sid, m in self.fake.messages.items()}
+
+
 @pytest.fixture(params=names())
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     name = request.param
@@ -285,6 +347,10 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
         config = AliyunFakeConfig(keys={"AK-test": "AK-secret"}, undelivered_share=0.5)
         with running_fake_aliyun(config) as fake:
             yield AliyunHarness(fake)
+    elif name == "tencent":
+        config = fake_tencent.FakeConfig(undelivered_share=0.5)
+        with fake_tencent.running_fake_tencent(config) as tencent:
+            yield TencentHarness(tencent)
     else:
         pytest.fail(f"provider {name!r} is registered but has no contract harness")
 
