@@ -675,13 +675,36 @@ def expected_by(
 ) -> Decimal:
     """The figure the target's pace asks for at `now`: linear over the window, or piecewise
     linear through the milestones of a cumulative window (0 at its start)."""
-    if not window.milestones:
-        return Decimal(final_target) * elapsed_share(window, now, tz)
-    start, _ = window.bounds(tz)
-    prev_t, prev_v = start, Decimal(0)
-    for m in window.milestones:
-        t = local_midnight(m.by + dt.timedelta(days=1), tz)
-        v = Decimal(target_of(base, m.share))
+    return _expected(_Clock.of(window, now, tz), base, final_target)
+
+
+@dataclass(frozen=True)
+class _Clock:
+    """A window seen at `now`: its start, the share gone by and the milestones' instants,
+    computed once for all of a window's subjects instead of once per subject."""
+
+    window: Window
+    now: dt.datetime
+    start: dt.datetime
+    elapsed: Decimal
+    marks: tuple[tuple[dt.datetime, Decimal], ...]  # (end of milestone day, share)
+
+    @classmethod
+    def of(cls, window: Window, now: dt.datetime, tz: ZoneInfo) -> _Clock:
+        start, _ = window.bounds(tz)
+        marks = tuple(
+            (local_midnight(m.by + dt.timedelta(days=1), tz), m.share) for m in window.milestones
+        )
+        return cls(window, now, start, elapsed_share(window, now, tz), marks)
+
+
+def _expected(clock: _Clock, base: int, final_target: int) -> Decimal:
+    if not clock.marks:
+        return Decimal(final_target) * clock.elapsed
+    now = clock.now
+    prev_t, prev_v = clock.start, Decimal(0)
+    for t, share in clock.marks:
+        v = Decimal(target_of(base, share))
         if now < t:
             if now <= prev_t:
                 return prev_v
@@ -704,9 +727,27 @@ def evaluate(
     reported: int = 0,
 ) -> AttainmentRow:
     """One subject's attainment from its count: the pure part of `attainment`."""
+    fields = _evaluate(
+        rule, _Clock.of(window, now, tz), subject, actual, milestone_actuals, own, reported
+    )
+    return AttainmentRow(**fields)
+
+
+def _evaluate(
+    rule: QuotaRule,
+    clock: _Clock,
+    subject: Subject,
+    actual: int,
+    milestone_actuals: Sequence[int | None],
+    own: int | None,
+    reported: int,
+) -> dict[str, Any]:
+    """The fields of one AttainmentRow (rank and laggard left to `_ranked`): a dict, so a
+    window's rows are built once each after ranking rather than copied twice."""
+    window = clock.window
     target = target_of(subject.base, rule.final_share)
-    elapsed = elapsed_share(window, now, tz)
-    expected_d = expected_by(window, subject.base, target, now, tz)
+    elapsed = clock.elapsed
+    expected_d = _expected(clock, subject.base, target)
     expected = half_up_int(expected_d)
     if actual >= target:
         status = Status.MET
@@ -728,43 +769,60 @@ def evaluate(
                 None if m_actual is None else m_actual >= m_target,
             )
         )
-    return AttainmentRow(
-        rule_id=rule.id,
-        window=window.label,
-        measure=rule.measure,
-        subject=subject,
-        base=subject.base,
-        target=target,
-        actual=actual,
-        attainment=_pct(actual, target),
-        shortfall=max(0, target - actual),
-        elapsed=half_up(elapsed, 4),
-        expected=expected,
-        pace=_pct(actual, expected_d) if expected_d > 0 else None,
-        projected=projected,
-        status=status,
-        milestones=tuple(milestones),
-        own=actual if own is None else own,
-        reported=reported,
-    )
+    return {
+        "rule_id": rule.id,
+        "window": window.label,
+        "measure": rule.measure,
+        "subject": subject,
+        "base": subject.base,
+        "target": target,
+        "actual": actual,
+        "attainment": _pct(actual, target),
+        "shortfall": max(0, target - actual),
+        "elapsed": half_up(elapsed, 4),
+        "expected": expected,
+        "pace": _pct(actual, expected_d) if expected_d > 0 else None,
+        "projected": projected,
+        "status": status,
+        "milestones": tuple(milestones),
+        "own": actual if own is None else own,
+        "reported": reported,
+    }
 
 
 def rank(rows: Sequence[AttainmentRow], *, bottom: int = 0) -> list[AttainmentRow]:
     """Rows best first by attainment, competition ranks (1, 2, 2, 4). Laggards: every row
     behind pace, and, when `bottom` > 0, the bottom `bottom` ranks of those not yet met."""
-    ordered = sorted(rows, key=lambda r: (-r.attainment, r.shortfall, r.subject.key))
-    out: list[AttainmentRow] = []
-    for i, r in enumerate(ordered):
-        place = out[-1].rank if out and out[-1].attainment == r.attainment else i + 1
-        out.append(replace(r, rank=place))
-    n = len(out)
-    return [
-        replace(
-            r,
-            laggard=r.status is Status.BEHIND
-            or (bottom > 0 and r.status is not Status.MET and r.rank > n - bottom),
+    places = _places([(r.attainment, r.shortfall, r.subject.key, r.status) for r in rows], bottom)
+    return [replace(rows[i], rank=place, laggard=lag) for i, place, lag in places]
+
+
+def _places(
+    keys: Sequence[tuple[Decimal, int, str, Status]], bottom: int
+) -> list[tuple[int, int, bool]]:
+    """(index into keys, rank, laggard) best first: the ranking rule of `rank`, on the keys."""
+    order = sorted(range(len(keys)), key=lambda i: (-keys[i][0], keys[i][1], keys[i][2]))
+    n = len(order)
+    out: list[tuple[int, int, bool]] = []
+    prev_att: Decimal | None = None
+    place = 0
+    for pos, i in enumerate(order):
+        att, _, _, status = keys[i]
+        if not out or att != prev_att:
+            place = pos + 1
+        prev_att = att
+        laggard = status is Status.BEHIND or (
+            bottom > 0 and status is not Status.MET and place > n - bottom
         )
-        for r in out
+        out.append((i, place, laggard))
+    return out
+
+
+def _ranked(fields: Sequence[dict[str, Any]], bottom: int) -> list[AttainmentRow]:
+    keys = [(f["attainment"], f["shortfall"], f["subject"].key, f["status"]) for f in fields]
+    return [
+        AttainmentRow(**fields[i], rank=place, laggard=lag)
+        for i, place, lag in _places(keys, bottom)
     ]
 
 
@@ -818,24 +876,14 @@ def attainment(
         count(engine, rule, window.start, m.by, tz) if m.by < today else None
         for m in window.milestones
     ]
-    rows = []
+    clock = _Clock.of(window, now, tz)
+    fields = []
     for s in subjects(rule, district):
-        m_actuals = [None if c is None else c.of(rule, s.count_key)[2] for c in milestone_counts]
-        own, reported, counted = counts.of(rule, s.count_key)
-        rows.append(
-            evaluate(
-                rule,
-                window,
-                s,
-                counted,
-                now=now,
-                tz=tz,
-                milestone_actuals=m_actuals,
-                own=own,
-                reported=reported,
-            )
-        )
-    return rank(rows, bottom=bottom)
+        key = s.count_key
+        m_actuals = [None if c is None else c.of(rule, key)[2] for c in milestone_counts]
+        own, reported, counted = counts.of(rule, key)
+        fields.append(_evaluate(rule, clock, s, counted, m_actuals, own, reported))
+    return _ranked(fields, bottom)
 
 
 # --------------------------------------------------------------------------- status of many rules
