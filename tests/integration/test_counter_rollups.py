@@ -151,7 +151,7 @@ def test_migration_backfills_rollups_from_existing_counters(db_url: str) -> None
             delivered[key] += inc.delivered
         with eng.begin() as conn:
             conn.execute(
-                insert(SendCounter.__table__),
+                insert(SendCounter),
                 [
                     {
                         "day": k[0],
