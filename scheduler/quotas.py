@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -276,9 +277,31 @@ class QuotaFile(_Frozen):
         return self
 
 
+# Parsed rules by (file, its bytes, district): every status call reads the file (so an edit
+# counts at once) but parses and validates it only when its bytes change.
+_PARSED: dict[tuple[Path, bytes, int], tuple[District, tuple[QuotaRule, ...]]] = {}
+
+
 def load_rules(config_dir: Path, district: District) -> list[QuotaRule]:
     """The rules of config_dir/quotas.yaml, checked against the district; none if no file."""
     path = config_dir / QUOTAS_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    key = (path, raw, id(district))
+    hit = _PARSED.get(key)
+    if hit is not None and hit[0] is district:
+        return list(hit[1])
+    rules = _parse_rules(path, district)
+    if len(_PARSED) >= 16:
+        _PARSED.clear()
+    if path.exists() and path.read_bytes() == raw:  # not rewritten while it was parsed
+        _PARSED[key] = (district, tuple(rules))
+    return rules
+
+
+def _parse_rules(path: Path, district: District) -> list[QuotaRule]:
     if not path.exists():
         return []
     data = read_yaml(path)
@@ -404,8 +427,10 @@ def window_labelled(rule: QuotaRule, label: str) -> Window | None:
 # --------------------------------------------------------------------------- targets
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def target_of(base: int, share: Decimal) -> int:
-    """base × share rounded half up (the province's tables round 0.5 up, not to even)."""
+    """base × share rounded half up (the province's tables round 0.5 up, not to even).
+    Cached: a district's bases and a rule's shares are the same on every call."""
     return half_up_int(Decimal(base) * share)
 
 
@@ -471,6 +496,22 @@ _RESIDENCE_NAMES = {"registered": "户籍", "migrant": "流动"}
 
 def _villages(rule: QuotaRule, district: District) -> list[tuple[Any, Any]]:
     return [(t, v) for t, v in district.villages() if not rule.towns or t.id in rule.towns]
+
+
+_SUBJECTS: dict[tuple[int, int], tuple[QuotaRule, District, tuple[Subject, ...]]] = {}
+
+
+def _subjects_of(rule: QuotaRule, district: District) -> tuple[Subject, ...]:
+    """`subjects`, kept per (rule, district) object: both are immutable once loaded, and the
+    rules come from `load_rules`' cache, so a status call builds its 1,000 subjects once."""
+    hit = _SUBJECTS.get((id(rule), id(district)))
+    if hit is not None and hit[0] is rule and hit[1] is district:
+        return hit[2]
+    out = tuple(subjects(rule, district))
+    if len(_SUBJECTS) >= 64:
+        _SUBJECTS.clear()
+    _SUBJECTS[(id(rule), id(district))] = (rule, district, out)
+    return out
 
 
 def subjects(rule: QuotaRule, district: District) -> list[Subject]:
@@ -655,10 +696,16 @@ class AttainmentRow:
         }
 
 
+_TENTH = Decimal("0.1")
+_ONE = Decimal(1)
+
+
 def _pct(num: int, den: Decimal | int) -> Decimal:
+    """num / den in percent, one decimal, half up (`half_up(…, 1)` with its quantum made once:
+    this runs twice per subject)."""
     if den == 0:
         return Decimal(100) if num >= 0 else Decimal(0)
-    return half_up(Decimal(num) * 100 / Decimal(den), 1)
+    return (Decimal(num) * 100 / Decimal(den)).quantize(_TENTH, rounding=ROUND_HALF_UP)
 
 
 def elapsed_share(window: Window, now: dt.datetime, tz: ZoneInfo) -> Decimal:
@@ -688,6 +735,7 @@ class _Clock:
     start: dt.datetime
     elapsed: Decimal
     marks: tuple[tuple[dt.datetime, Decimal], ...]  # (end of milestone day, share)
+    elapsed_shown: Decimal  # elapsed to four decimals, as rows report it
 
     @classmethod
     def of(cls, window: Window, now: dt.datetime, tz: ZoneInfo) -> _Clock:
@@ -695,7 +743,8 @@ class _Clock:
         marks = tuple(
             (local_midnight(m.by + dt.timedelta(days=1), tz), m.share) for m in window.milestones
         )
-        return cls(window, now, start, elapsed_share(window, now, tz), marks)
+        elapsed = elapsed_share(window, now, tz)
+        return cls(window, now, start, elapsed, marks, half_up(elapsed, 4))
 
 
 def _expected(clock: _Clock, base: int, final_target: int) -> Decimal:
@@ -748,14 +797,18 @@ def _evaluate(
     target = target_of(subject.base, rule.final_share)
     elapsed = clock.elapsed
     expected_d = _expected(clock, subject.base, target)
-    expected = half_up_int(expected_d)
+    expected = int(expected_d.quantize(_ONE, rounding=ROUND_HALF_UP))
     if actual >= target:
         status = Status.MET
     elif elapsed < 1 and actual >= expected:
         status = Status.ON_TRACK
     else:
         status = Status.BEHIND
-    projected = half_up_int(Decimal(actual) / elapsed) if elapsed > 0 else None
+    projected = (
+        int((Decimal(actual) / elapsed).quantize(_ONE, rounding=ROUND_HALF_UP))
+        if elapsed > 0
+        else None
+    )
     milestones = []
     for i, m in enumerate(window.milestones):
         m_actual = milestone_actuals[i] if i < len(milestone_actuals) else None
@@ -779,7 +832,7 @@ def _evaluate(
         "actual": actual,
         "attainment": _pct(actual, target),
         "shortfall": max(0, target - actual),
-        "elapsed": half_up(elapsed, 4),
+        "elapsed": clock.elapsed_shown,
         "expected": expected,
         "pace": _pct(actual, expected_d) if expected_d > 0 else None,
         "projected": projected,
@@ -836,8 +889,9 @@ class Counts:
     def of(self, rule: QuotaRule, key: tuple[str, ...]) -> tuple[int, int, int]:
         """(own, reported, counted) for a subject; counted follows the rule's sources."""
         own, reported = self.own.get(key, 0), self.reported.get(key, 0)
-        counted = {"own": own, "reported": reported, "both": own + reported}
-        return own, reported, counted[rule.counted_sources]
+        sources = rule.counted_sources
+        counted = own if sources == "own" else reported if sources == "reported" else own + reported
+        return own, reported, counted
 
 
 def count(engine: Engine, rule: QuotaRule, first: dt.date, last: dt.date, tz: ZoneInfo) -> Counts:
@@ -878,7 +932,7 @@ def attainment(
     ]
     clock = _Clock.of(window, now, tz)
     fields = []
-    for s in subjects(rule, district):
+    for s in _subjects_of(rule, district):
         key = s.count_key
         m_actuals = [None if c is None else c.of(rule, key)[2] for c in milestone_counts]
         own, reported, counted = counts.of(rule, key)

@@ -28,12 +28,17 @@ By = Literal["town", "village", "carrier"]
 
 def _source(by: By, towns: Sequence[str] | None) -> tuple[Any, list[Any]]:
     """The narrowest counter table that answers `by`, and its grouping columns: the (day, town)
-    and (day, carrier) roll-ups hold the same sums as the fine rows in a ninth of the rows."""
+    and (day, carrier) roll-ups hold the same sums as the fine rows in a ninth of the rows.
+    Table columns, not ORM attributes: Core queries need no mapper configuration, which
+    would cost the first status call after a restart ~30 ms."""
     if by == "town":
-        return TownDayCounter, [TownDayCounter.town_id]
+        town = TownDayCounter.__table__.c
+        return town, [town.town_id]
     if by == "carrier" and not towns:
-        return CarrierDayCounter, [CarrierDayCounter.carrier]
-    return SendCounter, _group(SendCounter, by)
+        carrier = CarrierDayCounter.__table__.c
+        return carrier, [carrier.carrier]
+    fine = SendCounter.__table__.c
+    return fine, _group(fine, by)
 
 
 def _group(table: Any, by: By) -> list[Any]:
