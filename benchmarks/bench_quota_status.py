@@ -355,9 +355,11 @@ def measure(args: argparse.Namespace, scratch: Path, dbs: ScratchDatabases) -> l
         )
         subject = "carrier" if rule_id.startswith("carrier") else "town"
         core.engine.dispose()
-        nfirst, nmed, counts = timed(
-            lambda s=subject, b=bounds: naive(core.engine, s, *b), max(1, args.runs // 3)
-        )
+
+        def scan(subject: str = subject, bounds: tuple[dt.datetime, dt.datetime] = bounds) -> Any:
+            return naive(core.engine, subject, *bounds)
+
+        nfirst, nmed, counts = timed(scan, max(1, args.runs // 3))
         own: dict[str, int] = got["own"]
         assert own == {k: counts.get(k, 0) for k in own}, "counters disagree with messages"
         results.append(
