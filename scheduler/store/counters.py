@@ -12,15 +12,15 @@ except `rebuild_counters`.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Date, TextClause, bindparam, delete, func, select, text
 from sqlalchemy import insert as insert_into
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from scheduler.models import (
@@ -30,9 +30,6 @@ from scheduler.models import (
     SendCounter,
     TownDayCounter,
 )
-
-# Rows per INSERT statement: 6 parameters each stays far below SQLite's variable limit.
-_CHUNK = 500
 
 _Key = tuple[dt.date, str, str, str]
 
@@ -66,30 +63,33 @@ def _aggregate(increments: Iterable[CounterIncrement]) -> dict[_Key, list[int]]:
     return {k: v for k, v in totals.items() if v != [0, 0]}
 
 
+@functools.lru_cache(maxsize=8)
+def _upsert_sql(table: str, keys: tuple[str, ...]) -> TextClause:
+    """One row's upsert, the same SQL on SQLite and PostgreSQL: run as an executemany it is
+    compiled once per process, where a multi-row VALUES statement was compiled per chunk."""
+    cols = ", ".join(keys)
+    return text(
+        f"INSERT INTO {table} ({cols}, sent, delivered)"
+        f" VALUES ({', '.join(':' + k for k in keys)}, :sent, :delivered)"
+        f" ON CONFLICT ({cols}) DO UPDATE SET sent = {table}.sent + excluded.sent,"
+        f" delivered = {table}.delivered + excluded.delivered"
+    ).bindparams(bindparam("day", type_=Date))
+
+
 def _upsert(
     session: Session,
-    table: Any,
-    keys: list[str],
+    table: str,
+    keys: tuple[str, ...],
     totals: dict[tuple[Any, ...], list[int]],
 ) -> None:
     """Add (sent, delivered) to the rows of `table` keyed by `keys`, in key order."""
-    dialect = session.get_bind().dialect.name
-    insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
     rows = [
         {**dict(zip(keys, key, strict=True)), "sent": sent, "delivered": delivered}
         for key, (sent, delivered) in sorted(totals.items())
         if sent or delivered
     ]
-    for i in range(0, len(rows), _CHUNK):
-        stmt = insert(table).values(rows[i : i + _CHUNK])
-        stmt = stmt.on_conflict_do_update(
-            index_elements=keys,
-            set_={
-                "sent": table.c.sent + stmt.excluded.sent,
-                "delivered": table.c.delivered + stmt.excluded.delivered,
-            },
-        )
-        session.execute(stmt)
+    if rows:
+        session.execute(_upsert_sql(table, keys), rows)
 
 
 def bump_counters(session: Session, increments: Iterable[CounterIncrement]) -> None:
@@ -110,9 +110,9 @@ def bump_counters(session: Session, increments: Iterable[CounterIncrement]) -> N
         c = carriers[(day, carrier)]
         c[0] += sent
         c[1] += delivered
-    _upsert(session, SendCounter.__table__, ["day", "town_id", "village_id", "carrier"], totals)
-    _upsert(session, TownDayCounter.__table__, ["day", "town_id"], towns)
-    _upsert(session, CarrierDayCounter.__table__, ["day", "carrier"], carriers)
+    _upsert(session, "send_counters", ("day", "town_id", "village_id", "carrier"), totals)
+    _upsert(session, "send_counters_town", ("day", "town_id"), towns)
+    _upsert(session, "send_counters_carrier", ("day", "carrier"), carriers)
 
 
 def rebuild_rollups(session: Session) -> None:
