@@ -263,6 +263,35 @@ class SendCounter(Base):
     delivered: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class TownDayCounter(Base):
+    """`send_counters` summed over villages and carriers: one row per local day and town.
+
+    Kept by `bump_counters` in the same transaction as the fine rows, so a week of 1,000 towns
+    is 7,000 rows to sum instead of 63,000. WITHOUT ROWID on SQLite: the rows are stored in
+    primary-key order, so a window is one contiguous range read.
+    """
+
+    __tablename__ = "send_counters_town"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    town_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sent: Mapped[int] = mapped_column(BigInteger, default=0)
+    delivered: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class CarrierDayCounter(Base):
+    """`send_counters` summed over towns and villages: one row per local day and carrier."""
+
+    __tablename__ = "send_counters_carrier"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    carrier: Mapped[str] = mapped_column(String(16), primary_key=True)
+    sent: Mapped[int] = mapped_column(BigInteger, default=0)
+    delivered: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class FraudCase(Base):
     __tablename__ = "fraud_cases"
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -276,9 +277,31 @@ class QuotaFile(_Frozen):
         return self
 
 
+# Parsed rules by (file, its bytes, district): every status call reads the file (so an edit
+# counts at once) but parses and validates it only when its bytes change.
+_PARSED: dict[tuple[Path, bytes, int], tuple[District, tuple[QuotaRule, ...]]] = {}
+
+
 def load_rules(config_dir: Path, district: District) -> list[QuotaRule]:
     """The rules of config_dir/quotas.yaml, checked against the district; none if no file."""
     path = config_dir / QUOTAS_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    key = (path, raw, id(district))
+    hit = _PARSED.get(key)
+    if hit is not None and hit[0] is district:
+        return list(hit[1])
+    rules = _parse_rules(path, district)
+    if len(_PARSED) >= 16:
+        _PARSED.clear()
+    if path.exists() and path.read_bytes() == raw:  # not rewritten while it was parsed
+        _PARSED[key] = (district, tuple(rules))
+    return rules
+
+
+def _parse_rules(path: Path, district: District) -> list[QuotaRule]:
     if not path.exists():
         return []
     data = read_yaml(path)
@@ -404,8 +427,10 @@ def window_labelled(rule: QuotaRule, label: str) -> Window | None:
 # --------------------------------------------------------------------------- targets
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def target_of(base: int, share: Decimal) -> int:
-    """base × share rounded half up (the province's tables round 0.5 up, not to even)."""
+    """base × share rounded half up (the province's tables round 0.5 up, not to even).
+    Cached: a district's bases and a rule's shares are the same on every call."""
     return half_up_int(Decimal(base) * share)
 
 
@@ -471,6 +496,22 @@ _RESIDENCE_NAMES = {"registered": "户籍", "migrant": "流动"}
 
 def _villages(rule: QuotaRule, district: District) -> list[tuple[Any, Any]]:
     return [(t, v) for t, v in district.villages() if not rule.towns or t.id in rule.towns]
+
+
+_SUBJECTS: dict[tuple[int, int], tuple[QuotaRule, District, tuple[Subject, ...]]] = {}
+
+
+def _subjects_of(rule: QuotaRule, district: District) -> tuple[Subject, ...]:
+    """`subjects`, kept per (rule, district) object: both are immutable once loaded, and the
+    rules come from `load_rules`' cache, so a status call builds its 1,000 subjects once."""
+    hit = _SUBJECTS.get((id(rule), id(district)))
+    if hit is not None and hit[0] is rule and hit[1] is district:
+        return hit[2]
+    out = tuple(subjects(rule, district))
+    if len(_SUBJECTS) >= 64:
+        _SUBJECTS.clear()
+    _SUBJECTS[(id(rule), id(district))] = (rule, district, out)
+    return out
 
 
 def subjects(rule: QuotaRule, district: District) -> list[Subject]:
@@ -655,10 +696,16 @@ class AttainmentRow:
         }
 
 
+_TENTH = Decimal("0.1")
+_ONE = Decimal(1)
+
+
 def _pct(num: int, den: Decimal | int) -> Decimal:
+    """num / den in percent, one decimal, half up (`half_up(…, 1)` with its quantum made once:
+    this runs twice per subject)."""
     if den == 0:
         return Decimal(100) if num >= 0 else Decimal(0)
-    return half_up(Decimal(num) * 100 / Decimal(den), 1)
+    return (Decimal(num) * 100 / Decimal(den)).quantize(_TENTH, rounding=ROUND_HALF_UP)
 
 
 def elapsed_share(window: Window, now: dt.datetime, tz: ZoneInfo) -> Decimal:
@@ -675,13 +722,38 @@ def expected_by(
 ) -> Decimal:
     """The figure the target's pace asks for at `now`: linear over the window, or piecewise
     linear through the milestones of a cumulative window (0 at its start)."""
-    if not window.milestones:
-        return Decimal(final_target) * elapsed_share(window, now, tz)
-    start, _ = window.bounds(tz)
-    prev_t, prev_v = start, Decimal(0)
-    for m in window.milestones:
-        t = local_midnight(m.by + dt.timedelta(days=1), tz)
-        v = Decimal(target_of(base, m.share))
+    return _expected(_Clock.of(window, now, tz), base, final_target)
+
+
+@dataclass(frozen=True)
+class _Clock:
+    """A window seen at `now`: its start, the share gone by and the milestones' instants,
+    computed once for all of a window's subjects instead of once per subject."""
+
+    window: Window
+    now: dt.datetime
+    start: dt.datetime
+    elapsed: Decimal
+    marks: tuple[tuple[dt.datetime, Decimal], ...]  # (end of milestone day, share)
+    elapsed_shown: Decimal  # elapsed to four decimals, as rows report it
+
+    @classmethod
+    def of(cls, window: Window, now: dt.datetime, tz: ZoneInfo) -> _Clock:
+        start, _ = window.bounds(tz)
+        marks = tuple(
+            (local_midnight(m.by + dt.timedelta(days=1), tz), m.share) for m in window.milestones
+        )
+        elapsed = elapsed_share(window, now, tz)
+        return cls(window, now, start, elapsed, marks, half_up(elapsed, 4))
+
+
+def _expected(clock: _Clock, base: int, final_target: int) -> Decimal:
+    if not clock.marks:
+        return Decimal(final_target) * clock.elapsed
+    now = clock.now
+    prev_t, prev_v = clock.start, Decimal(0)
+    for t, share in clock.marks:
+        v = Decimal(target_of(base, share))
         if now < t:
             if now <= prev_t:
                 return prev_v
@@ -704,17 +776,39 @@ def evaluate(
     reported: int = 0,
 ) -> AttainmentRow:
     """One subject's attainment from its count: the pure part of `attainment`."""
+    fields = _evaluate(
+        rule, _Clock.of(window, now, tz), subject, actual, milestone_actuals, own, reported
+    )
+    return AttainmentRow(**fields)
+
+
+def _evaluate(
+    rule: QuotaRule,
+    clock: _Clock,
+    subject: Subject,
+    actual: int,
+    milestone_actuals: Sequence[int | None],
+    own: int | None,
+    reported: int,
+) -> dict[str, Any]:
+    """The fields of one AttainmentRow (rank and laggard left to `_ranked`): a dict, so a
+    window's rows are built once each after ranking rather than copied twice."""
+    window = clock.window
     target = target_of(subject.base, rule.final_share)
-    elapsed = elapsed_share(window, now, tz)
-    expected_d = expected_by(window, subject.base, target, now, tz)
-    expected = half_up_int(expected_d)
+    elapsed = clock.elapsed
+    expected_d = _expected(clock, subject.base, target)
+    expected = int(expected_d.quantize(_ONE, rounding=ROUND_HALF_UP))
     if actual >= target:
         status = Status.MET
     elif elapsed < 1 and actual >= expected:
         status = Status.ON_TRACK
     else:
         status = Status.BEHIND
-    projected = half_up_int(Decimal(actual) / elapsed) if elapsed > 0 else None
+    projected = (
+        int((Decimal(actual) / elapsed).quantize(_ONE, rounding=ROUND_HALF_UP))
+        if elapsed > 0
+        else None
+    )
     milestones = []
     for i, m in enumerate(window.milestones):
         m_actual = milestone_actuals[i] if i < len(milestone_actuals) else None
@@ -728,43 +822,60 @@ def evaluate(
                 None if m_actual is None else m_actual >= m_target,
             )
         )
-    return AttainmentRow(
-        rule_id=rule.id,
-        window=window.label,
-        measure=rule.measure,
-        subject=subject,
-        base=subject.base,
-        target=target,
-        actual=actual,
-        attainment=_pct(actual, target),
-        shortfall=max(0, target - actual),
-        elapsed=half_up(elapsed, 4),
-        expected=expected,
-        pace=_pct(actual, expected_d) if expected_d > 0 else None,
-        projected=projected,
-        status=status,
-        milestones=tuple(milestones),
-        own=actual if own is None else own,
-        reported=reported,
-    )
+    return {
+        "rule_id": rule.id,
+        "window": window.label,
+        "measure": rule.measure,
+        "subject": subject,
+        "base": subject.base,
+        "target": target,
+        "actual": actual,
+        "attainment": _pct(actual, target),
+        "shortfall": max(0, target - actual),
+        "elapsed": clock.elapsed_shown,
+        "expected": expected,
+        "pace": _pct(actual, expected_d) if expected_d > 0 else None,
+        "projected": projected,
+        "status": status,
+        "milestones": tuple(milestones),
+        "own": actual if own is None else own,
+        "reported": reported,
+    }
 
 
 def rank(rows: Sequence[AttainmentRow], *, bottom: int = 0) -> list[AttainmentRow]:
     """Rows best first by attainment, competition ranks (1, 2, 2, 4). Laggards: every row
     behind pace, and, when `bottom` > 0, the bottom `bottom` ranks of those not yet met."""
-    ordered = sorted(rows, key=lambda r: (-r.attainment, r.shortfall, r.subject.key))
-    out: list[AttainmentRow] = []
-    for i, r in enumerate(ordered):
-        place = out[-1].rank if out and out[-1].attainment == r.attainment else i + 1
-        out.append(replace(r, rank=place))
-    n = len(out)
-    return [
-        replace(
-            r,
-            laggard=r.status is Status.BEHIND
-            or (bottom > 0 and r.status is not Status.MET and r.rank > n - bottom),
+    places = _places([(r.attainment, r.shortfall, r.subject.key, r.status) for r in rows], bottom)
+    return [replace(rows[i], rank=place, laggard=lag) for i, place, lag in places]
+
+
+def _places(
+    keys: Sequence[tuple[Decimal, int, str, Status]], bottom: int
+) -> list[tuple[int, int, bool]]:
+    """(index into keys, rank, laggard) best first: the ranking rule of `rank`, on the keys."""
+    order = sorted(range(len(keys)), key=lambda i: (-keys[i][0], keys[i][1], keys[i][2]))
+    n = len(order)
+    out: list[tuple[int, int, bool]] = []
+    prev_att: Decimal | None = None
+    place = 0
+    for pos, i in enumerate(order):
+        att, _, _, status = keys[i]
+        if not out or att != prev_att:
+            place = pos + 1
+        prev_att = att
+        laggard = status is Status.BEHIND or (
+            bottom > 0 and status is not Status.MET and place > n - bottom
         )
-        for r in out
+        out.append((i, place, laggard))
+    return out
+
+
+def _ranked(fields: Sequence[dict[str, Any]], bottom: int) -> list[AttainmentRow]:
+    keys = [(f["attainment"], f["shortfall"], f["subject"].key, f["status"]) for f in fields]
+    return [
+        AttainmentRow(**fields[i], rank=place, laggard=lag)
+        for i, place, lag in _places(keys, bottom)
     ]
 
 
@@ -778,8 +889,9 @@ class Counts:
     def of(self, rule: QuotaRule, key: tuple[str, ...]) -> tuple[int, int, int]:
         """(own, reported, counted) for a subject; counted follows the rule's sources."""
         own, reported = self.own.get(key, 0), self.reported.get(key, 0)
-        counted = {"own": own, "reported": reported, "both": own + reported}
-        return own, reported, counted[rule.counted_sources]
+        sources = rule.counted_sources
+        counted = own if sources == "own" else reported if sources == "reported" else own + reported
+        return own, reported, counted
 
 
 def count(engine: Engine, rule: QuotaRule, first: dt.date, last: dt.date, tz: ZoneInfo) -> Counts:
@@ -818,24 +930,14 @@ def attainment(
         count(engine, rule, window.start, m.by, tz) if m.by < today else None
         for m in window.milestones
     ]
-    rows = []
-    for s in subjects(rule, district):
-        m_actuals = [None if c is None else c.of(rule, s.count_key)[2] for c in milestone_counts]
-        own, reported, counted = counts.of(rule, s.count_key)
-        rows.append(
-            evaluate(
-                rule,
-                window,
-                s,
-                counted,
-                now=now,
-                tz=tz,
-                milestone_actuals=m_actuals,
-                own=own,
-                reported=reported,
-            )
-        )
-    return rank(rows, bottom=bottom)
+    clock = _Clock.of(window, now, tz)
+    fields = []
+    for s in _subjects_of(rule, district):
+        key = s.count_key
+        m_actuals = [None if c is None else c.of(rule, key)[2] for c in milestone_counts]
+        own, reported, counted = counts.of(rule, key)
+        fields.append(_evaluate(rule, clock, s, counted, m_actuals, own, reported))
+    return _ranked(fields, bottom)
 
 
 # --------------------------------------------------------------------------- status of many rules

@@ -1,7 +1,8 @@
 """The counts quotas are measured by.
 
-Messages sent and delivered come from `send_counters` (a sum over days × subjects rows, fast
-however large the message table grows); people reached are distinct recipients, which counters
+Messages sent and delivered come from `send_counters` or its (day, town) and (day, carrier)
+roll-ups (a sum over days × subjects rows, fast however large the message table grows, and still
+there for months whose messages were pruned); people reached are distinct recipients, which counters
 cannot add up, so they are counted from `messages` over the `sent_at` index.
 """
 
@@ -13,9 +14,31 @@ from typing import Any, Literal
 
 from sqlalchemy import Engine, func, select
 
-from scheduler.models import Message, MessageState, Recipient, SendCounter
+from scheduler.models import (
+    CarrierDayCounter,
+    Message,
+    MessageState,
+    Recipient,
+    SendCounter,
+    TownDayCounter,
+)
 
 By = Literal["town", "village", "carrier"]
+
+
+def _source(by: By, towns: Sequence[str] | None) -> tuple[Any, list[Any]]:
+    """The narrowest counter table that answers `by`, and its grouping columns: the (day, town)
+    and (day, carrier) roll-ups hold the same sums as the fine rows in a ninth of the rows.
+    Table columns, not ORM attributes: Core queries need no mapper configuration, which
+    would cost the first status call after a restart ~30 ms."""
+    if by == "town":
+        town = TownDayCounter.__table__.c
+        return town, [town.town_id]
+    if by == "carrier" and not towns:
+        carrier = CarrierDayCounter.__table__.c
+        return carrier, [carrier.carrier]
+    fine = SendCounter.__table__.c
+    return fine, _group(fine, by)
 
 
 def _group(table: Any, by: By) -> list[Any]:
@@ -36,14 +59,14 @@ def sum_counters(
 ) -> dict[tuple[str, ...], tuple[int, int]]:
     """(sent, delivered) per subject over local days first_day..last_day, both included.
     Keys: (town_id,), (town_id, village_id) or (carrier,)."""
-    cols = _group(SendCounter, by)
+    table, cols = _source(by, towns)
     stmt = (
-        select(*cols, func.sum(SendCounter.sent), func.sum(SendCounter.delivered))
-        .where(SendCounter.day >= first_day, SendCounter.day <= last_day)
+        select(*cols, func.sum(table.sent), func.sum(table.delivered))
+        .where(table.day >= first_day, table.day <= last_day)
         .group_by(*cols)
     )
     if towns:
-        stmt = stmt.where(SendCounter.town_id.in_(list(towns)))
+        stmt = stmt.where(table.town_id.in_(list(towns)))
     with engine.connect() as conn:
         return {
             tuple(row[: len(cols)]): (int(row[-2] or 0), int(row[-1] or 0))
@@ -60,14 +83,14 @@ def counter_days(
     towns: Sequence[str] | None = None,
 ) -> dict[tuple[str, ...], dict[dt.date, tuple[int, int]]]:
     """(sent, delivered) per subject and local day: for charts of sends against targets."""
-    cols = _group(SendCounter, by)
+    table, cols = _source(by, towns)
     stmt = (
-        select(*cols, SendCounter.day, func.sum(SendCounter.sent), func.sum(SendCounter.delivered))
-        .where(SendCounter.day >= first_day, SendCounter.day <= last_day)
-        .group_by(*cols, SendCounter.day)
+        select(*cols, table.day, func.sum(table.sent), func.sum(table.delivered))
+        .where(table.day >= first_day, table.day <= last_day)
+        .group_by(*cols, table.day)
     )
     if towns:
-        stmt = stmt.where(SendCounter.town_id.in_(list(towns)))
+        stmt = stmt.where(table.town_id.in_(list(towns)))
     out: dict[tuple[str, ...], dict[dt.date, tuple[int, int]]] = {}
     with engine.connect() as conn:
         for row in conn.execute(stmt):

@@ -46,28 +46,31 @@ def sum_reported(
     """A reported column summed per subject over reports whose last day lies in
     first_day..last_day (a week straddling two months counts in the month it ends in).
     A town's figure includes what was reported for its villages."""
-    value = getattr(ReportedSend, column)
+    # Columns of the table, not ORM attributes: a plain Core query needs no mapper
+    # configuration, which would otherwise cost the first quota status call after a restart.
+    t = ReportedSend.__table__.c
+    value = t[column]
     stmt: Any
     if by == "carrier":
-        cols: list[Any] = [ReportedSend.carrier]
+        cols: list[Any] = [t.carrier]
         kinds = ["carrier"]
     elif by == "town":
-        cols = [ReportedSend.town_id]
+        cols = [t.town_id]
         kinds = ["town", "village"]
     else:
-        cols = [ReportedSend.town_id, ReportedSend.village_id]
+        cols = [t.town_id, t.village_id]
         kinds = ["village"]
     stmt = (
         select(*cols, func.sum(value))
         .where(
-            ReportedSend.subject_kind.in_(kinds),
-            ReportedSend.last_day >= first_day,
-            ReportedSend.last_day <= last_day,
+            t.subject_kind.in_(kinds),
+            t.last_day >= first_day,
+            t.last_day <= last_day,
         )
         .group_by(*cols)
     )
     if towns:
-        stmt = stmt.where(ReportedSend.town_id.in_(list(towns)))
+        stmt = stmt.where(t.town_id.in_(list(towns)))
     with engine.connect() as conn:
         return {tuple(row[:-1]): int(row[-1] or 0) for row in conn.execute(stmt)}
 

@@ -46,7 +46,7 @@ def _run(args: list[str], tmp_path: Path) -> str:
         ("bench_render.py", ["--renders", "200"], "renders/s"),
         (
             "bench_quota_status.py",
-            ["--messages", "2000", "--towns", "5", "--runs", "1", "--no-readme"],
+            ["--messages", "2000", "--towns", "5", "--runs", "1"],
             "bump_counters",
         ),
         ("bench_import.py", ["--rows", "2000"], "import / baseline"),
@@ -114,6 +114,16 @@ def test_gateway_benchmark_runs_at_tiny_size(gateway: str, tmp_path: Path) -> No
     ("script", "args", "expect"),
     [
         ("bench_import.py", ["--rows", "2000"], "import / COPY"),
+        (
+            "bench_quota_status.py",
+            ["--messages", "2000", "--towns", "5", "--runs", "1"],
+            "bump_counters",
+        ),
+        (
+            "bench_dashboard.py",
+            ["--messages", "2000", "--residents", "2000", "--towns", "5", "--runs", "1"],
+            "goal under 300 ms",
+        ),
         ("bench_expand.py", ["--recipients", "2000", "--naive", "50"], "pingan / ceiling"),
         ("bench_reconcile.py", ["--stuck", "50", "--log-lines", "200"], "reconcile"),
         ("bench_expand_process.py", ["--recipients", "500"], "pingan / raw"),
