@@ -130,14 +130,12 @@ class Dispatcher:
         # A provider that talks to no carrier (a rehearsal) says so: it is not slowed down.
         self.rate_limited = provider.paced
         self.limits = Limits(self.cfg.rate_per_second, dict(self.cfg.segment_rate_by_carrier))
-        # Under a rate limit a batch holds about two seconds of sends, so several dispatchers
-        # share the limit's seconds instead of one reserving far ahead.
+        # Under a rate limit the workers' batches together hold about two seconds of sends, so
+        # they share the limit's seconds instead of one reserving far ahead.
         self.batch_size = self.cfg.batch_size
         if self.rate_limited:
-            self.batch_size = min(
-                self.cfg.batch_size,
-                max(self.cfg.concurrency, math.ceil(self.cfg.rate_per_second * 2)),
-            )
+            share = math.ceil(self.cfg.rate_per_second * 2 / self.cfg.workers)
+            self.batch_size = min(self.cfg.batch_size, max(self.cfg.concurrency, share))
         self._optout_lock = threading.Lock()
         self._optout_checked = 0.0
         self._batch_phones: set[str] = set()
@@ -277,15 +275,24 @@ class Dispatcher:
             at = [times[i] for i in order]
         else:
             at = [0.0] * len(claimed)
+        # Not handed over later than this: another dispatcher settles messages `sending` for
+        # longer than stale_sending_seconds as left by a crash (looking them up at the
+        # provider from their claim time), so a live one must be done with them well before.
+        # 0 says no other dispatcher is alive (everything `sending` is settled at start).
+        stale = self.cfg.stale_sending_seconds
+        deadline = time.time() + stale / 2 if stale > 0 else math.inf
         size = max(1, self.provider.max_batch)
         futures: list[Future[list[Outcome]]]
         if size == 1:
             futures = [
-                self._pool.submit(self._send_one, c, t) for c, t in zip(claimed, at, strict=True)
+                self._pool.submit(self._send_one, c, t, deadline)
+                for c, t in zip(claimed, at, strict=True)
             ]
         else:
             futures = [
-                self._pool.submit(self._send_chunk, claimed[i : i + size], at[i : i + size])
+                self._pool.submit(
+                    self._send_chunk, claimed[i : i + size], at[i : i + size], deadline
+                )
                 for i in range(0, len(claimed), size)
             ]
         return _Batch(claimed, futures, stats)
@@ -367,10 +374,13 @@ class Dispatcher:
         opening = next_allowed(now, self.settings.allowed_hours, self.settings.tz)
         return self._not_sent(c, now, MessageState.QUEUED, "outside_hours", next_attempt_at=opening)
 
-    def _ready(self, c: Claimed, at: float) -> Outcome | tuple[OutboundMessage, dt.datetime]:
+    def _ready(
+        self, c: Claimed, at: float, deadline: float
+    ) -> Outcome | tuple[OutboundMessage, dt.datetime]:
         """The checks before a hand-over: the message to send and when, or why it is not sent.
 
-        `at`: the Unix time its rate-limit reservation allows it to go (0: now)."""
+        `at`: the Unix time its rate-limit reservation allows it to go (0: now); `deadline`:
+        the Unix time after which it goes back to the queue instead (see _start_batch)."""
         # Checked before waiting for the rate limiter (no point waiting) and again after it.
         late = self._past_hours(c, self.clock())
         if late is not None:
@@ -379,6 +389,9 @@ class Dispatcher:
         if self.stop.wait(wait) if wait > 0 else self.stop.is_set():
             now = self.clock()
             return self._not_sent(c, now, MessageState.QUEUED, "stopped", next_attempt_at=now)
+        if time.time() > deadline:
+            now = self.clock()
+            return self._not_sent(c, now, MessageState.QUEUED, "held_too_long", next_attempt_at=now)
         started = self.clock()
         late = self._past_hours(c, started)
         if late is not None:
@@ -390,11 +403,11 @@ class Dispatcher:
             )
         return self._outbound(c), started
 
-    def _send_one(self, c: Claimed, at: float = 0.0) -> list[Outcome]:
-        return [self._send(c, at)]
+    def _send_one(self, c: Claimed, at: float, deadline: float) -> list[Outcome]:
+        return [self._send(c, at, deadline)]
 
-    def _send(self, c: Claimed, at: float) -> Outcome:
-        ready = self._ready(c, at)
+    def _send(self, c: Claimed, at: float, deadline: float) -> Outcome:
+        ready = self._ready(c, at, deadline)
         if isinstance(ready, Outcome):
             return ready
         msg, started = ready
@@ -406,13 +419,15 @@ class Dispatcher:
             return self._unexpected(c, exc)
         return self._accepted(c, accepted, at=started)
 
-    def _send_chunk(self, chunk: Sequence[Claimed], at: Sequence[float]) -> list[Outcome]:
+    def _send_chunk(
+        self, chunk: Sequence[Claimed], at: Sequence[float], deadline: float
+    ) -> list[Outcome]:
         """Up to `max_batch` messages in one provider call, each checked first as one is (so
         the call goes when its last number's reservation allows: the limits count numbers)."""
         outcomes: dict[int, Outcome] = {}
         ready: list[tuple[Claimed, OutboundMessage, dt.datetime]] = []
         for c, t in zip(chunk, at, strict=True):
-            r = self._ready(c, t)
+            r = self._ready(c, t, deadline)
             if isinstance(r, Outcome):
                 outcomes[c.id] = r
             else:
@@ -599,6 +614,12 @@ class Dispatcher:
 
     def reconcile(self) -> DispatchStats:
         """Settle messages a crash left `sending`, the way an uncertain send is settled."""
+        with delivery.reconciling(self.engine) as mine:
+            if not mine:  # another dispatcher is settling them
+                return DispatchStats()
+            return self._reconcile()
+
+    def _reconcile(self) -> DispatchStats:
         stats = DispatchStats()
         cutoff = self.clock() - dt.timedelta(seconds=self.cfg.stale_sending_seconds)
         stuck = delivery.stuck_sending(self.engine, claimed_before=cutoff)
