@@ -18,15 +18,18 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from scheduler.core import Core
 from scheduler.models import Attempt, Message, MessageState
+from scheduler.ratelimit import OVERALL, Limits, carrier_key
+from scheduler.store import ratelimits
 from scheduler.testing.fake_twilio import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -381,3 +384,24 @@ def test_the_service_refuses_workers_on_sqlite(core: Core) -> None:
     )
     assert done.returncode == 1
     assert "--workers above 1 needs PostgreSQL" in " ".join(done.stderr.split())
+
+
+def test_reservations_from_concurrent_dispatchers_add_up(engine: Engine) -> None:
+    """Four threads, each with its own connections, reserving at once: no second of the
+    limit is handed out twice (PostgreSQL's advisory lock, SQLite's one writer)."""
+    limits = Limits(100, {"mobile": 30})
+    needs = [limits.need("mobile" if i % 2 else "unicom", 1) for i in range(150)]
+    now = float(int(time.time()) + 5)  # a second ahead, at its start: none of it gone by
+    with ThreadPoolExecutor(4) as pool:
+        results = list(
+            pool.map(lambda _: ratelimits.reserve(engine, needs, limits, now=now), range(4))
+        )
+    overall = Counter(int(t) for times in results for t in times)
+    mobile = Counter(
+        int(t) for times in results for t, need in zip(times, needs, strict=True) if len(need) > 1
+    )
+    assert sum(overall.values()) == 600
+    assert max(overall.values()) == 100 and max(mobile.values()) == 30
+    stored = ratelimits.taken(engine)
+    assert all(v <= 100 for (k, _), v in stored.items() if k == OVERALL)
+    assert sum(v for (k, _), v in stored.items() if k == carrier_key("mobile")) == 300
