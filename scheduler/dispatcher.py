@@ -94,6 +94,42 @@ class DispatchStats:
             self.by_outcome[k] = self.by_outcome.get(k, 0) + v
 
 
+class _Schedule:
+    """When each message of a batch may go under the rate limits (Unix times; 0: now) and
+    when they stop being handed over (`deadline`). A send woken too late (a busy machine)
+    would land in a later second on top of that second's own share: the batch's messages not
+    yet handed over then give up their places and take new ones, in one reservation."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        claimed: list[Claimed],
+        times: list[float],
+        deadline: float,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.claimed = claimed
+        self.times = times
+        self.deadline = deadline
+        self.started = [False] * len(claimed)
+        self.lock = threading.Lock()
+        # Held back at all: the limits spread the batch over time (with room to spare under
+        # them, the send threads set the pace and lateness means nothing).
+        self.paced = bool(times) and max(times) - time.time() > _LATE_SECONDS
+
+    def late(self, i: int, seen: float) -> None:
+        with self.lock:
+            if self.times[i] != seen:
+                return  # another thread took new places for the batch meanwhile
+            rest = [j for j in range(len(self.claimed)) if not self.started[j]]
+            d = self.dispatcher
+            needs = [d.limits.need(self.claimed[j].carrier, self.claimed[j].segments) for j in rest]
+            fresh = ratelimits.reserve(d.engine, needs, d.limits, now=time.time())
+            for j, t in zip(rest, fresh, strict=True):
+                self.times[j] = t
+        log.debug("dispatch.rate_late", messages=len(rest), late=round(time.time() - seen, 3))
+
+
 @dataclass
 class _Batch:
     """A claimed batch on its way through the send threads."""
@@ -105,6 +141,8 @@ class _Batch:
 
 # Batches in flight at once: the one being sent and the one claimed behind it.
 _IN_FLIGHT = 2
+# A send this far behind its place in the rate limit's second takes a new place.
+_LATE_SECONDS = 0.1
 
 
 class Dispatcher:
@@ -275,24 +313,21 @@ class Dispatcher:
             at = [times[i] for i in order]
         else:
             at = [0.0] * len(claimed)
+
         # Not handed over later than this: another dispatcher settles messages `sending` for
         # longer than stale_sending_seconds as left by a crash (looking them up at the
         # provider from their claim time), so a live one must be done with them well before.
         # 0 says no other dispatcher is alive (everything `sending` is settled at start).
         stale = self.cfg.stale_sending_seconds
         deadline = time.time() + stale / 2 if stale > 0 else math.inf
+        schedule = _Schedule(self, claimed, at, deadline)
         size = max(1, self.provider.max_batch)
         futures: list[Future[list[Outcome]]]
         if size == 1:
-            futures = [
-                self._pool.submit(self._send_one, c, t, deadline)
-                for c, t in zip(claimed, at, strict=True)
-            ]
+            futures = [self._pool.submit(self._send_one, schedule, i) for i in range(len(claimed))]
         else:
             futures = [
-                self._pool.submit(
-                    self._send_chunk, claimed[i : i + size], at[i : i + size], deadline
-                )
+                self._pool.submit(self._send_chunk, schedule, range(i, min(i + size, len(claimed))))
                 for i in range(0, len(claimed), size)
             ]
         return _Batch(claimed, futures, stats)
@@ -374,22 +409,36 @@ class Dispatcher:
         opening = next_allowed(now, self.settings.allowed_hours, self.settings.tz)
         return self._not_sent(c, now, MessageState.QUEUED, "outside_hours", next_attempt_at=opening)
 
-    def _ready(
-        self, c: Claimed, at: float, deadline: float
-    ) -> Outcome | tuple[OutboundMessage, dt.datetime]:
+    def _ready(self, schedule: _Schedule, i: int) -> Outcome | tuple[OutboundMessage, dt.datetime]:
         """The checks before a hand-over: the message to send and when, or why it is not sent.
 
-        `at`: the Unix time its rate-limit reservation allows it to go (0: now); `deadline`:
-        the Unix time after which it goes back to the queue instead (see _start_batch)."""
+        The message waits for its place under the rate limits (see _Schedule), and goes back
+        to the queue instead after the schedule's deadline (see _start_batch)."""
+        c = schedule.claimed[i]
+        try:
+            return self._checked(c, schedule, i)
+        finally:
+            schedule.started[i] = True
+
+    def _checked(
+        self, c: Claimed, schedule: _Schedule, i: int
+    ) -> Outcome | tuple[OutboundMessage, dt.datetime]:
         # Checked before waiting for the rate limiter (no point waiting) and again after it.
         late = self._past_hours(c, self.clock())
         if late is not None:
             return late
-        wait = at - time.time() if at else 0.0
-        if self.stop.wait(wait) if wait > 0 else self.stop.is_set():
-            now = self.clock()
-            return self._not_sent(c, now, MessageState.QUEUED, "stopped", next_attempt_at=now)
-        if time.time() > deadline:
+        while True:
+            at = schedule.times[i]
+            wait = at - time.time() if at else 0.0
+            if self.stop.wait(wait) if wait > 0 else self.stop.is_set():
+                now = self.clock()
+                return self._not_sent(c, now, MessageState.QUEUED, "stopped", next_attempt_at=now)
+            if schedule.times[i] != at:
+                continue  # new places were taken while it waited
+            if not schedule.paced or time.time() - at <= _LATE_SECONDS:
+                break
+            schedule.late(i, at)
+        if time.time() > schedule.deadline:
             now = self.clock()
             return self._not_sent(c, now, MessageState.QUEUED, "held_too_long", next_attempt_at=now)
         started = self.clock()
@@ -403,31 +452,28 @@ class Dispatcher:
             )
         return self._outbound(c), started
 
-    def _send_one(self, c: Claimed, at: float, deadline: float) -> list[Outcome]:
-        return [self._send(c, at, deadline)]
-
-    def _send(self, c: Claimed, at: float, deadline: float) -> Outcome:
-        ready = self._ready(c, at, deadline)
+    def _send_one(self, schedule: _Schedule, i: int) -> list[Outcome]:
+        c = schedule.claimed[i]
+        ready = self._ready(schedule, i)
         if isinstance(ready, Outcome):
-            return ready
+            return [ready]
         msg, started = ready
         try:
             accepted = self.provider.send(msg)
         except SendError as exc:
-            return self._failure(c, msg, exc, started)
+            return [self._failure(c, msg, exc, started)]
         except Exception as exc:  # a bug or an unexpected library error: do not risk resending
-            return self._unexpected(c, exc)
-        return self._accepted(c, accepted, at=started)
+            return [self._unexpected(c, exc)]
+        return [self._accepted(c, accepted, at=started)]
 
-    def _send_chunk(
-        self, chunk: Sequence[Claimed], at: Sequence[float], deadline: float
-    ) -> list[Outcome]:
+    def _send_chunk(self, schedule: _Schedule, indices: Sequence[int]) -> list[Outcome]:
         """Up to `max_batch` messages in one provider call, each checked first as one is (so
         the call goes when its last number's reservation allows: the limits count numbers)."""
         outcomes: dict[int, Outcome] = {}
         ready: list[tuple[Claimed, OutboundMessage, dt.datetime]] = []
-        for c, t in zip(chunk, at, strict=True):
-            r = self._ready(c, t, deadline)
+        chunk = [schedule.claimed[i] for i in indices]
+        for i, c in zip(indices, chunk, strict=True):
+            r = self._ready(schedule, i)
             if isinstance(r, Outcome):
                 outcomes[c.id] = r
             else:
