@@ -12,6 +12,13 @@ The provider is a plug-in (scheduler.providers): this module knows only the neut
 numbers per call (`max_batch`). An error the provider flags as stopping the campaign pauses
 the occurrence and raises an alert instead of failing message after message.
 
+The rate limits are shared by every dispatcher process through the database
+(scheduler.ratelimit): each claimed batch reserves its sends' seconds in one short transaction,
+and each message waits for its time. Claims overlap the sends: the next batch is claimed (and
+its seconds reserved) while the send threads work through the current one, and a batch's
+outcomes are recorded while the next one is being sent, so the threads never wait for the
+database between batches.
+
 Right before each send the clock is read again (the rate limiter may have held the message
 past the end of the sending hours) and the number is checked against opt-outs recorded since
 the claim; a message stopped by either goes back (queued, or cancelled) without counting as an
@@ -21,11 +28,13 @@ attempt.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -36,10 +45,10 @@ from scheduler.logs import get_logger
 from scheduler.models import MessageState
 from scheduler.phones import mask
 from scheduler.providers.base import Accepted, ErrorKind, OutboundMessage, Provider, SendError
-from scheduler.ratelimit import TokenBucket
+from scheduler.ratelimit import Limits
 from scheduler.sending_hours import is_allowed, next_allowed
 from scheduler.settings import Settings
-from scheduler.store import delivery
+from scheduler.store import delivery, ratelimits
 from scheduler.store.delivery import Claimed, Outcome
 from scheduler.store.optouts import OPTED_OUT
 
@@ -86,6 +95,57 @@ class DispatchStats:
             self.by_outcome[k] = self.by_outcome.get(k, 0) + v
 
 
+class _Schedule:
+    """When each message of a batch may go under the rate limits (Unix times; 0: now) and
+    when they stop being handed over (`deadline`). A send woken too late (a busy machine)
+    would land in a later second on top of that second's own share: the batch's messages not
+    yet handed over then give up their places and take new ones, in one reservation."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        claimed: list[Claimed],
+        times: list[float],
+        deadline: float,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.claimed = claimed
+        self.times = times
+        self.deadline = deadline
+        self.started = [False] * len(claimed)
+        self.lock = threading.Lock()
+        # Held back at all: the limits spread the batch over time (with room to spare under
+        # them, the send threads set the pace and lateness means nothing).
+        self.paced = bool(times) and max(times) - time.time() > _LATE_SECONDS
+
+    def late(self, i: int, seen: float) -> None:
+        with self.lock:
+            if self.times[i] != seen:
+                return  # another thread took new places for the batch meanwhile
+            rest = [j for j in range(len(self.claimed)) if not self.started[j]]
+            d = self.dispatcher
+            needs = [d.limits.need(self.claimed[j].carrier, self.claimed[j].segments) for j in rest]
+            fresh = ratelimits.reserve(d.engine, needs, d.limits, now=time.time())
+            for j, t in zip(rest, fresh, strict=True):
+                self.times[j] = t
+        log.debug("dispatch.rate_late", messages=len(rest), late=round(time.time() - seen, 3))
+
+
+@dataclass
+class _Batch:
+    """A claimed batch on its way through the send threads."""
+
+    claimed: list[Claimed]
+    futures: list[Future[list[Outcome]]]
+    stats: DispatchStats
+
+
+# Batches in flight at once: the one being sent and the one claimed behind it.
+_IN_FLIGHT = 2
+# A send this far behind its place in the rate limit's second takes a new place.
+_LATE_SECONDS = 0.1
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -108,13 +168,17 @@ class Dispatcher:
         self.respect_hours = respect_hours
         # A provider that talks to no carrier (a rehearsal) says so: it is not slowed down.
         self.rate_limited = provider.paced
-        self.rate = TokenBucket(self.cfg.rate_per_second)
-        self.carrier_rates = {
-            c: TokenBucket(r) for c, r in self.cfg.segment_rate_by_carrier.items()
-        }
+        self.limits = Limits(self.cfg.rate_per_second, dict(self.cfg.segment_rate_by_carrier))
+        # Under a rate limit the workers' batches together hold about two seconds of sends, so
+        # they share the limit's seconds instead of one reserving far ahead.
+        self.batch_size = self.cfg.batch_size
+        if self.rate_limited:
+            share = math.ceil(self.cfg.rate_per_second * 2 / self.cfg.workers)
+            self.batch_size = min(self.cfg.batch_size, max(self.cfg.concurrency, share))
         self._optout_lock = threading.Lock()
         self._optout_checked = 0.0
         self._batch_phones: set[str] = set()
+        self._in_flight: deque[_Batch] = deque()
         self._opted_out: set[str] = set()
         self._bodies: dict[int, str] = {}
         self._templates: dict[int, tuple[str, str | None]] = {}
@@ -152,20 +216,34 @@ class Dispatcher:
         self.housekeeping()
         wait_until: dt.datetime | None = None
         wait_started = 0.0
-        while not self.stop.is_set():
-            now = self.clock()
-            if not self.in_hours(now):
-                if until_empty:
-                    log.info("dispatch.outside_hours", now=now.isoformat())
-                    break
-                wait = next_allowed(now, self.settings.allowed_hours, self.settings.tz) - now
-                self.stop.wait(min(wait.total_seconds(), 60.0))
-                continue
-            stats = self.run_batch()
-            total.add(stats)
-            if progress is not None and stats.batches:
-                progress(total)
-            if stats.claimed == 0 and stats.cancelled == 0:
+        flight = self._in_flight
+        try:
+            while not self.stop.is_set():
+                now = self.clock()
+                hours = self.in_hours(now)
+                found = False
+                if hours and len(flight) < _IN_FLIGHT:
+                    batch = self._start_batch()
+                    found = bool(batch.claimed or batch.stats.cancelled)
+                    if batch.claimed:
+                        flight.append(batch)
+                    elif batch.stats.cancelled:
+                        total.add(batch.stats)
+                if flight and (len(flight) >= _IN_FLIGHT or not found):
+                    total.add(self._finish_batch(flight.popleft()))
+                    if progress is not None:
+                        progress(total)
+                    continue
+                if found:
+                    continue
+                if not hours:
+                    if until_empty:
+                        log.info("dispatch.outside_hours", now=now.isoformat())
+                        break
+                    wait = next_allowed(now, self.settings.allowed_hours, self.settings.tz) - now
+                    self.stop.wait(min(wait.total_seconds(), 60.0))
+                    continue
+                # Nothing due and nothing in flight.
                 total.add(self.reconcile())
                 delivery.finish_occurrences(self.engine, now=self.clock())
                 self.housekeeping()
@@ -188,6 +266,10 @@ class Dispatcher:
                     self.stop.wait(max(min(pause, max_wait - spent), 0.05))
                     continue
                 self.stop.wait(self.cfg.poll_seconds)
+        finally:
+            # Stopped: the batches still in flight go back unsent (their threads see `stop`).
+            while flight:
+                total.add(self._finish_batch(flight.popleft()))
         delivery.finish_occurrences(self.engine, now=self.clock())
         return total
 
@@ -200,12 +282,21 @@ class Dispatcher:
 
     def run_batch(self) -> DispatchStats:
         """Claim one batch, send it with bounded concurrency, record every outcome."""
+        batch = self._start_batch()
+        if not batch.claimed:
+            return batch.stats
+        self._in_flight.append(batch)
+        return self._finish_batch(self._in_flight.popleft())
+
+    def _start_batch(self) -> _Batch:
+        """Claim a batch, reserve its seconds under the rate limits and hand it to the send
+        threads, in the order of those seconds; returns without waiting for the sends."""
         stats = DispatchStats()
-        batch = delivery.claim_batch(self.engine, now=self.clock(), limit=self.cfg.batch_size)
+        batch = delivery.claim_batch(self.engine, now=self.clock(), limit=self.batch_size)
         claimed = batch.claimed
         stats.cancelled = batch.cancelled
         if not claimed:
-            return stats
+            return _Batch([], [], stats)
         stats.claimed = len(claimed)
         stats.batches = 1
         missing = [c.body_id for c in claimed if c.body_id not in self._bodies]
@@ -213,20 +304,42 @@ class Dispatcher:
             self._bodies.update(delivery.bodies(self.engine, missing))
         # An opt-out committed after the claim (it could not cancel rows already `sending`).
         with self._optout_lock:
-            self._batch_phones = {c.phone for c in claimed}
+            self._batch_phones = {c.phone for b in self._in_flight for c in b.claimed}
+            self._batch_phones.update(c.phone for c in claimed)
             self._opted_out = delivery.opted_out_among(self.engine, self._batch_phones)
             self._optout_checked = time.monotonic()
-        size = max(1, self.provider.max_batch)
-        if size == 1:
-            if self.cfg.concurrency == 1:
-                outcomes = [self._send_one(c) for c in claimed]
-            else:
-                outcomes = list(self._pool.map(self._send_one, claimed))
+        if self.rate_limited:
+            needs = [self.limits.need(c.carrier, c.segments) for c in claimed]
+            times = ratelimits.reserve(self.engine, needs, self.limits, now=time.time())
+            order = sorted(range(len(claimed)), key=lambda i: times[i])
+            claimed = [claimed[i] for i in order]
+            at = [times[i] for i in order]
         else:
-            chunks = [claimed[i : i + size] for i in range(0, len(claimed), size)]
-            outcomes = [o for chunk in self._pool.map(self._send_chunk, chunks) for o in chunk]
-        self._record(outcomes, stats)
-        return stats
+            at = [0.0] * len(claimed)
+
+        # Not handed over later than this: another dispatcher settles messages `sending` for
+        # longer than stale_sending_seconds as left by a crash (looking them up at the
+        # provider from their claim time), so a live one must be done with them well before.
+        # 0 says no other dispatcher is alive (everything `sending` is settled at start).
+        stale = self.cfg.stale_sending_seconds
+        deadline = time.time() + stale / 2 if stale > 0 else math.inf
+        schedule = _Schedule(self, claimed, at, deadline)
+        size = max(1, self.provider.max_batch)
+        futures: list[Future[list[Outcome]]]
+        if size == 1:
+            futures = [self._pool.submit(self._send_one, schedule, i) for i in range(len(claimed))]
+        else:
+            futures = [
+                self._pool.submit(self._send_chunk, schedule, range(i, min(i + size, len(claimed))))
+                for i in range(0, len(claimed), size)
+            ]
+        return _Batch(claimed, futures, stats)
+
+    def _finish_batch(self, batch: _Batch) -> DispatchStats:
+        """Wait for a batch's sends and record them in one transaction."""
+        outcomes = [o for f in batch.futures for o in f.result()]
+        self._record(outcomes, batch.stats)
+        return batch.stats
 
     def _record(self, outcomes: list[Outcome], stats: DispatchStats) -> None:
         # Opt-outs the provider reported are recorded in the same transaction.
@@ -314,19 +427,38 @@ class Dispatcher:
         opening = next_allowed(now, self.settings.allowed_hours, self.settings.tz)
         return self._not_sent(c, now, MessageState.QUEUED, "outside_hours", next_attempt_at=opening)
 
-    def _ready(self, c: Claimed) -> Outcome | tuple[OutboundMessage, dt.datetime]:
-        """The checks before a hand-over: the message to send and when, or why it is not sent."""
+    def _ready(self, schedule: _Schedule, i: int) -> Outcome | tuple[OutboundMessage, dt.datetime]:
+        """The checks before a hand-over: the message to send and when, or why it is not sent.
+
+        The message waits for its place under the rate limits (see _Schedule), and goes back
+        to the queue instead after the schedule's deadline (see _start_batch)."""
+        c = schedule.claimed[i]
+        try:
+            return self._checked(c, schedule, i)
+        finally:
+            schedule.started[i] = True
+
+    def _checked(
+        self, c: Claimed, schedule: _Schedule, i: int
+    ) -> Outcome | tuple[OutboundMessage, dt.datetime]:
         # Checked before waiting for the rate limiter (no point waiting) and again after it.
         late = self._past_hours(c, self.clock())
         if late is not None:
             return late
-        if self.rate_limited:
-            bucket = self.carrier_rates.get(c.carrier)
-            if not self.rate.take(1, self.stop) or (
-                bucket is not None and not bucket.take(c.segments, self.stop)
-            ):
+        while True:
+            at = schedule.times[i]
+            wait = at - time.time() if at else 0.0
+            if self.stop.wait(wait) if wait > 0 else self.stop.is_set():
                 now = self.clock()
                 return self._not_sent(c, now, MessageState.QUEUED, "stopped", next_attempt_at=now)
+            if schedule.times[i] != at:
+                continue  # new places were taken while it waited
+            if not schedule.paced or time.time() - at <= _LATE_SECONDS:
+                break
+            schedule.late(i, at)
+        if time.time() > schedule.deadline:
+            now = self.clock()
+            return self._not_sent(c, now, MessageState.QUEUED, "held_too_long", next_attempt_at=now)
         started = self.clock()
         late = self._past_hours(c, started)
         if late is not None:
@@ -338,25 +470,28 @@ class Dispatcher:
             )
         return self._outbound(c), started
 
-    def _send_one(self, c: Claimed) -> Outcome:
-        ready = self._ready(c)
+    def _send_one(self, schedule: _Schedule, i: int) -> list[Outcome]:
+        c = schedule.claimed[i]
+        ready = self._ready(schedule, i)
         if isinstance(ready, Outcome):
-            return ready
+            return [ready]
         msg, started = ready
         try:
             accepted = self.provider.send(msg)
         except SendError as exc:
-            return self._failure(c, msg, exc, started)
+            return [self._failure(c, msg, exc, started)]
         except Exception as exc:  # a bug or an unexpected library error: do not risk resending
-            return self._unexpected(c, exc)
-        return self._accepted(c, accepted, at=started)
+            return [self._unexpected(c, exc)]
+        return [self._accepted(c, accepted, at=started)]
 
-    def _send_chunk(self, chunk: Sequence[Claimed]) -> list[Outcome]:
-        """Up to `max_batch` messages in one provider call, each checked first as one is."""
+    def _send_chunk(self, schedule: _Schedule, indices: Sequence[int]) -> list[Outcome]:
+        """Up to `max_batch` messages in one provider call, each checked first as one is (so
+        the call goes when its last number's reservation allows: the limits count numbers)."""
         outcomes: dict[int, Outcome] = {}
         ready: list[tuple[Claimed, OutboundMessage, dt.datetime]] = []
-        for c in chunk:
-            r = self._ready(c)
+        chunk = [schedule.claimed[i] for i in indices]
+        for i, c in zip(indices, chunk, strict=True):
+            r = self._ready(schedule, i)
             if isinstance(r, Outcome):
                 outcomes[c.id] = r
             else:
@@ -543,6 +678,12 @@ class Dispatcher:
 
     def reconcile(self) -> DispatchStats:
         """Settle messages a crash left `sending`, the way an uncertain send is settled."""
+        with delivery.reconciling(self.engine) as mine:
+            if not mine:  # another dispatcher is settling them
+                return DispatchStats()
+            return self._reconcile()
+
+    def _reconcile(self) -> DispatchStats:
         stats = DispatchStats()
         cutoff = self.clock() - dt.timedelta(seconds=self.cfg.stale_sending_seconds)
         stuck = delivery.stuck_sending(self.engine, claimed_before=cutoff)

@@ -449,3 +449,16 @@ class TemplateRevision(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_template_revisions_name_id", "name", "id"),)
+
+
+class RateSlot(Base):
+    """How much of one rate limit (overall messages, or one carrier's segments) dispatchers
+    have taken in one wall-clock second: the limits hold across dispatcher processes because
+    every one of them reserves here (scheduler.ratelimit). Rows older than a minute are
+    deleted as new ones are taken."""
+
+    __tablename__ = "rate_slots"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    second: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # Unix time, whole seconds
+    taken: Mapped[int] = mapped_column(BigInteger)

@@ -28,6 +28,7 @@ from scheduler.logs import get_logger
 from scheduler.loop import MONTHLY_REPORT_JOB, QUOTA_CHECK_JOB, Job, Loop
 from scheduler.models import OccurrenceState
 from scheduler.store.locks import DatabaseLock
+from scheduler.workers import check_workers, run_workers
 
 log = get_logger("scheduler.service")
 
@@ -122,6 +123,8 @@ class Service:
     def run(self) -> int:
         global _active
         settings = self.core.settings
+        if self.with_dispatch:
+            check_workers(settings, settings.dispatch.workers)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.pidfile.write_text(str(os.getpid()))
         try:
@@ -140,11 +143,7 @@ class Service:
             self.failed = [r for r in self.loop.catch_up() if r.state == OccurrenceState.FAILED]
             if self.once:
                 if self.with_dispatch:
-                    dispatcher = self._dispatcher()
-                    try:
-                        stats = dispatcher.run(until_empty=True)
-                    finally:
-                        dispatcher.close()
+                    stats = self._dispatch_once()
                     log.info(
                         "dispatch.done",
                         sent=stats.sent,
@@ -175,7 +174,25 @@ class Service:
 
         return build_dispatcher(self.core, stop=self.stop)
 
+    def _dispatch_once(self) -> Any:
+        workers = self.core.settings.dispatch.workers
+        if workers > 1:
+            return run_workers(self.core.settings, workers, stop=self.stop, until_empty=True).stats
+        dispatcher = self._dispatcher()
+        try:
+            return dispatcher.run(until_empty=True)
+        finally:
+            dispatcher.close()
+
     def _dispatch_forever(self) -> None:
+        """The service's dispatcher: in this process, or PINGAN_DISPATCH__WORKERS processes
+        (restarted if one dies) until the service stops."""
+        workers = self.core.settings.dispatch.workers
+        if workers > 1:
+            run_workers(
+                self.core.settings, workers, stop=self.stop, until_empty=False, restart=True
+            )
+            return
         dispatcher = self._dispatcher()
         try:
             dispatcher.run()

@@ -122,6 +122,9 @@ class DispatchSettings(BaseModel):
     stale_sending_seconds: float = Field(300.0, ge=0)
     # A status callback kept for a message id that never appears is dropped after this long.
     pending_status_days: float = Field(7.0, gt=0)
+    # Dispatcher processes (`pingan dispatch --workers`, the service's own dispatcher); the
+    # rate limits hold across them (rate_slots). More than one needs PostgreSQL.
+    workers: int = Field(1, ge=1)
 
 
 class AlertSettings(BaseModel):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import FrameType
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -21,6 +23,7 @@ from scheduler.cli.common import (
 from scheduler.core import Core
 from scheduler.dispatcher import DispatchStats, build_dispatcher
 from scheduler.services.delivery import STATES, delivery_stats, messages_left
+from scheduler.workers import check_workers, run_workers
 
 app = typer.Typer(help="Delivery: statistics by town, carrier, day or error.", no_args_is_help=True)
 
@@ -39,17 +42,45 @@ def dispatch(
         min=0,
         help="With --until-empty: seconds to wait for retries coming due before giving up.",
     ),
+    workers: int = typer.Option(
+        None,
+        "--workers",
+        min=1,
+        help="Dispatcher processes sharing the outbox and the rate limits (default: "
+        "PINGAN_DISPATCH__WORKERS, 1). More than one needs PostgreSQL.",
+    ),
     fmt: OutputFormat = FORMAT_OPTION,
 ) -> None:
-    """Send queued messages through the configured provider (inside the allowed hours)."""
+    """Send queued messages through the configured provider (inside the allowed hours).
+
+    Ctrl-C or SIGTERM stops cleanly: batches in flight go back to the queue unsent."""
     c = core(ctx)
-    dispatcher = build_dispatcher(c)
+    n = workers or c.settings.dispatch.workers
+    check_workers(c.settings, n)
     show_bar = console.is_terminal and fmt != OutputFormat.json
-    try:
+    _stop_on_signals(c)
+    problems: list[str] = []
+    by_worker: list[int] = []
+    if n == 1:
+        dispatcher = build_dispatcher(c)
+        try:
+            with _progress(c, show_bar) as on_batch:
+                stats = dispatcher.run(
+                    until_empty=until_empty, max_wait=max_wait, progress=on_batch
+                )
+        finally:
+            dispatcher.close()
+    else:
         with _progress(c, show_bar) as on_batch:
-            stats = dispatcher.run(until_empty=until_empty, max_wait=max_wait, progress=on_batch)
-    finally:
-        dispatcher.close()
+            result = run_workers(
+                c.settings,
+                n,
+                stop=c.stop,
+                until_empty=until_empty,
+                max_wait=max_wait,
+                progress=on_batch,
+            )
+        stats, problems, by_worker = result.stats, result.problems, result.sent_by_worker
     left = {k: v for k, v in messages_left(c).items() if v} if until_empty else {}
     data = {
         "claimed": stats.claimed,
@@ -63,6 +94,8 @@ def dispatch(
         "outcomes": stats.by_outcome,
         "left": left,
     }
+    if by_worker:
+        data["sent_by_worker"] = by_worker
     if fmt == OutputFormat.json:
         print_json(data)
     else:
@@ -72,10 +105,24 @@ def dispatch(
             f"outside hours {stats.deferred}",
             soft_wrap=True,
         )
+    for problem in problems:
+        err_console.print(f"error: {problem}", markup=False)
     if left:
-        for state, n in left.items():
-            err_console.print(f"left {state}: {n}", markup=False)
+        for state, count in left.items():
+            err_console.print(f"left {state}: {count}", markup=False)
+    if left or problems:
         raise typer.Exit(1)
+
+
+def _stop_on_signals(c: Core) -> None:
+    """SIGINT and SIGTERM set the core's stop: the dispatcher (or each worker, which gets the
+    signal passed on) finishes its sends in flight and puts the rest back."""
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        c.stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
 
 
 @contextmanager

@@ -8,7 +8,8 @@ crash leaves it visible for reconciliation rather than lost. On PostgreSQL the c
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -22,6 +23,7 @@ from sqlalchemy import (
     literal,
     literal_column,
     select,
+    text,
     update,
 )
 from sqlalchemy.orm import Session
@@ -208,6 +210,36 @@ def body_templates(engine: Engine, ids: Iterable[int]) -> dict[int, tuple[str, s
             )
         ).all()
     return {r[0]: (r[1], r[2]) for r in rows}
+
+
+# pg_try_advisory_lock key: "pingan reconcile".
+_RECONCILE_LOCK = 0x70696E67616E7263
+
+
+@contextmanager
+def reconciling(engine: Engine) -> Iterator[bool]:
+    """Whether this dispatcher may settle messages left `sending` now: one at a time.
+
+    Two dispatchers settling the same messages would both record them (a message found at
+    the provider counted twice). On PostgreSQL a session advisory lock, held while the
+    messages are looked up and recorded, lets one through and the others skip (they find
+    nothing left next time); it goes with the session if the dispatcher dies. On SQLite
+    (one dispatcher process) always yes.
+    """
+    if engine.dialect.name != "postgresql":
+        yield True
+        return
+    with engine.connect() as conn:
+        got = bool(
+            conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _RECONCILE_LOCK}).scalar()
+        )
+        conn.commit()
+        try:
+            yield got
+        finally:
+            if got:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _RECONCILE_LOCK})
+                conn.commit()
 
 
 def stuck_sending(

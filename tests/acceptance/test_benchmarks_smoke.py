@@ -127,6 +127,14 @@ def test_gateway_benchmark_runs_at_tiny_size(gateway: str, tmp_path: Path) -> No
         ("bench_expand.py", ["--recipients", "2000", "--naive", "50"], "pingan / ceiling"),
         ("bench_reconcile.py", ["--stuck", "50", "--log-lines", "200"], "reconcile"),
         ("bench_expand_process.py", ["--recipients", "500"], "pingan / raw"),
+        (
+            "bench_dispatch.py",
+            [
+                *("--messages", "300", "--naive", "20", "--latency-ms", "5", "--jitter-ms", "5"),
+                *("--ceiling-processes", "2", "--workers", "2", "--port", str(_free_port())),
+            ],
+            "workers / ceiling",
+        ),
     ],
 )
 def test_benchmark_runs_on_postgres(

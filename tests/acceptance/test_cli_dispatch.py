@@ -23,6 +23,7 @@ from scheduler.models import Message, MessageState
 from scheduler.providers import make_provider
 from scheduler.settings import DispatchSettings
 from scheduler.simulation import ManualClock
+from scheduler.store import ratelimits
 from scheduler.testing.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FakeConfig, running_fake_twilio
 from tests.factories import add_recipients
 
@@ -163,7 +164,7 @@ def test_dry_run_is_not_held_to_the_rate_limit_unless_asked(core: Core) -> None:
     d = Dispatcher(core.engine, make_provider(free), free, clock=clock)
     assert d.run(until_empty=True).sent == 30
     d.close()
-    assert d.rate.tokens == d.rate.capacity  # no token was ever taken
+    assert ratelimits.taken(core.engine) == {}  # no second of the rate limit was taken
     add_recipients(core.engine, core.district, 30, start=30)
     core.planner().fire_scheduled(
         core.campaigns.get("weekly-antifraud"), MONDAY + dt.timedelta(days=7)
