@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -18,9 +19,10 @@ from scheduler.cli.common import (
     print_json,
     table,
 )
-from scheduler.core import Core
-from scheduler.dispatcher import DispatchStats, build_dispatcher
-from scheduler.services.delivery import STATES, delivery_stats, messages_left
+
+if TYPE_CHECKING:
+    from scheduler.core import Core
+    from scheduler.dispatcher import DispatchStats
 
 app = typer.Typer(help="Delivery: statistics by town, carrier, day or error.", no_args_is_help=True)
 
@@ -42,6 +44,9 @@ def dispatch(
     fmt: OutputFormat = FORMAT_OPTION,
 ) -> None:
     """Send queued messages through the configured provider (inside the allowed hours)."""
+    from scheduler.dispatcher import build_dispatcher
+    from scheduler.services.delivery import messages_left
+
     c = core(ctx)
     dispatcher = build_dispatcher(c)
     show_bar = console.is_terminal and fmt != OutputFormat.json
@@ -81,6 +86,8 @@ def dispatch(
 @contextmanager
 def _progress(c: Core, show: bool) -> Iterator[Callable[[DispatchStats], None] | None]:
     """A progress bar (sent and failed counts, rate) on a terminal; nothing when piped."""
+    from scheduler.services.delivery import messages_left
+
     if not show:
         yield None
         return
@@ -118,6 +125,8 @@ def stats(
 ) -> None:
     """Queued, sending, sent, delivered, undelivered, failed, unknown, cancelled; rate; top
     error codes and reasons (opted_out: cancelled because the resident refused)."""
+    from scheduler.services.delivery import STATES, delivery_stats
+
     if by not in (None, "town", "carrier", "day", "error"):
         raise typer.BadParameter("--by must be town, carrier, day or error")
     data = delivery_stats(core(ctx), month=month, by=by).to_dict()
