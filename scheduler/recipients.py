@@ -169,12 +169,13 @@ class RowChecker:
         self.stored_now = self.now if stored is None else stored(self.now)
         index = tuple(mapping.get(k, -1) for k in COLUMNS)
         self.width = max(mapping.values()) + 1
-        # Missing columns read the empty cell appended after the row's last one.
+        # Missing columns read an empty cell appended after the row's last one.
+        self._every_column = -1 not in index
         self._cells = operator.itemgetter(*(i if i >= 0 else self.width for i in index))
         self._villages: dict[tuple[str, str], tuple[Town, Village]] = {}
         # Carrier (or None: not allocated) per 5-digit prefix, the longest the table uses.
         self._carriers: dict[str, str | None] = {}
-        self._known: dict[tuple[str, str], str] = {}
+        self._known: dict[tuple[str, ...], tuple[str, str, str | None, str | None, str]] = {}
 
     def _place(self, town_key: str, village_key: str) -> tuple[Town, Village]:
         key = (town_key, village_key)
@@ -232,31 +233,38 @@ class RowChecker:
             )
         return carrier
 
+    def _tail(
+        self, town_raw: str, village_raw: str, carrier_raw: str, residence_raw: str, segs_raw: str
+    ) -> tuple[str, str, str | None, str | None, str]:
+        """(town id, village id, carrier named in the file or None, residence, segments),
+        or RowError: the cells a list repeats from row to row."""
+        town, village = self._place(town_raw, village_raw)
+        return (
+            town.id,
+            village.id,
+            self._carrier(carrier_raw) if carrier_raw else None,
+            self._residence(residence_raw) if residence_raw else None,
+            self._segments(segs_raw) if segs_raw else "",
+        )
+
     def __call__(self, row: list[str]) -> tuple[Any, ...]:
-        short = self.width - len(row)
-        padded = row + [""] * (short + 1) if short > 0 else [*row, ""]
+        if self._every_column and len(row) >= self.width:
+            cells = self._cells(row)
+        else:
+            cells = self._cells(row + [""] * (self.width - len(row) + 1))
         phone_raw, town_raw, village_raw, name, household, carrier_raw, residence_raw, segs_raw = (
-            map(str.strip, self._cells(padded))
+            map(str.strip, cells)
         )
         phone, carrier = self._phone(phone_raw)
-        place = self._villages.get((town_raw, village_raw)) or self._place(town_raw, village_raw)
-        # A list holds a handful of distinct carrier, residence and segment cells: each is
-        # checked once, then looked up (a bad cell is not remembered, so it fails every time).
-        known = self._known
-        if carrier_raw:
-            carrier = known.get(("c", carrier_raw)) or self._remember(
-                ("c", carrier_raw), self._carrier(carrier_raw)
-            )
-        residence = None
-        if residence_raw:
-            residence = known.get(("r", residence_raw)) or self._remember(
-                ("r", residence_raw), self._residence(residence_raw)
-            )
-        segments = ""
-        if segs_raw:
-            segments = known.get(("s", segs_raw)) or self._remember(
-                ("s", segs_raw), self._segments(segs_raw)
-            )
+        # A list holds a few thousand distinct (place, carrier, residence, segments) cells:
+        # each combination is checked once, then looked up (a bad one is not remembered, so
+        # it fails every time).
+        key = (town_raw, village_raw, carrier_raw, residence_raw, segs_raw)
+        tail = self._known.get(key)
+        if tail is None:
+            tail = self._tail(*key)
+            if len(self._known) < 20_000:  # a file of all-distinct cells must not grow memory
+                self._known[key] = tail
         if len(name) > MAX_TEXT or len(household) > MAX_TEXT or "\x00" in name + household:
             for label, value in (("name", name), ("household", household)):
                 if len(value) > MAX_TEXT:
@@ -267,20 +275,15 @@ class RowChecker:
         return (
             phone,
             name or None,
-            place[0].id,
-            place[1].id,
+            tail[0],
+            tail[1],
             household or None,
-            carrier,
-            residence,
-            segments,
+            tail[2] or carrier,
+            tail[3],
+            tail[4],
             stamp,
             stamp,
         )
-
-    def _remember(self, key: tuple[str, str], value: str) -> str:
-        if len(self._known) < 10_000:  # a file of all-distinct cells must not grow memory
-            self._known[key] = value
-        return value
 
 
 class _Lines:
