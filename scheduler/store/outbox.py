@@ -378,10 +378,16 @@ class QueuedMessage(NamedTuple):
     next_attempt_at: dt.datetime
 
 
+# The columns a queued message is written with: QueuedMessage's fields in order, then state
+# and attempts. The one list the executemany, the COPY and the INSERT … SELECT below share.
+QUEUED_COLUMNS = (*QueuedMessage._fields, "state", "attempts")
+_QUEUED_LIST = ", ".join(QUEUED_COLUMNS)
+# What a new message's state and attempts are, as SQL and as COPY values.
+_NEW_STATE_SQL = "'queued', 0"
+_NEW_STATE = ("queued", 0)
 _INSERT_QUEUED = (
-    "INSERT INTO messages (occurrence_id, recipient_id, phone, town_id, village_id, carrier, "
-    "body_id, segments, rank, queued_at, next_attempt_at, state, attempts) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0) "
+    f"INSERT INTO messages ({_QUEUED_LIST}) "
+    f"VALUES ({', '.join(['?'] * len(QueuedMessage._fields))}, {_NEW_STATE_SQL}) "
     "ON CONFLICT (occurrence_id, recipient_id) DO NOTHING"
 )
 
@@ -508,10 +514,7 @@ def write_capped_rows(
     return ChunkWritten(len(keep), total)
 
 
-_COPY_QUEUED = (
-    "COPY messages (occurrence_id, recipient_id, phone, town_id, village_id, carrier, "
-    "body_id, segments, rank, queued_at, next_attempt_at, state, attempts) FROM STDIN"
-)
+_COPY_QUEUED = f"COPY messages ({_QUEUED_LIST}) FROM STDIN"
 
 
 def _copy_queued(s: Session, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -520,7 +523,7 @@ def _copy_queued(s: Session, rows: Sequence[tuple[Any, ...]]) -> None:
     assert raw is not None
     with raw.cursor() as cur, cur.copy(_COPY_QUEUED) as copy:
         for r in rows:
-            copy.write_row((*r, "queued", 0))
+            copy.write_row((*r, *_NEW_STATE))
 
 
 class ChunkSummary(NamedTuple):
@@ -633,10 +636,9 @@ def write_capped_select(
                 params += [*others, cap.cap]
             sql = (
                 f"WITH b(town_id, village_id, body_id, segments) AS (VALUES {places}) "
-                "INSERT INTO messages (occurrence_id, recipient_id, phone, town_id, village_id, "
-                "carrier, body_id, segments, rank, queued_at, next_attempt_at, state, attempts) "
+                f"INSERT INTO messages ({_QUEUED_LIST}) "
                 f"SELECT {p}, r.id, r.phone, r.town_id, r.village_id, r.carrier, b.body_id, "
-                f"b.segments, {p}, {p}, {p}, 'queued', 0 FROM recipients r "
+                f"b.segments, {p}, {p}, {p}, {_NEW_STATE_SQL} FROM recipients r "
                 "JOIN b ON b.town_id = r.town_id AND b.village_id = r.village_id "
                 f"WHERE r.id > {p} AND r.id <= {p} "
                 "AND NOT EXISTS (SELECT 1 FROM opt_outs o WHERE o.phone = r.phone)"
