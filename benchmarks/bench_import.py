@@ -203,8 +203,18 @@ def main() -> None:
     lines = [
         "| run | rows | elapsed | rows/s | peak RSS |",
         "|---|---|---|---|---|",
-        f"| baseline: raw sqlite3 executemany upsert, no validation | {n:,} | "
-        f"{base['seconds']:.1f} s | {rate(base, n)} | {base['peak_rss_mb']:.0f} MB |",
+        f"| baseline: raw {'psycopg' if bare_copy else 'sqlite3'} executemany upsert, no "
+        f"validation | {n:,} | {base['seconds']:.1f} s | {rate(base, n)} | "
+        f"{base['peak_rss_mb']:.0f} MB |",
+        *(
+            [
+                f"| baseline: bare COPY into the empty table | {n:,} | "
+                f"{bare_copy['seconds']:.1f} s | {rate(bare_copy, n)} | "
+                f"{bare_copy['peak_rss_mb']:.0f} MB |"
+            ]
+            if bare_copy
+            else []
+        ),
         f"| `import_recipients_file`, fresh database | {n:,} | {fresh['seconds']:.1f} s | "
         f"{rate(fresh, n)} | {fresh['peak_rss_mb']:.0f} MB |",
         f"| `import_recipients_file`, same file again (all updates) | {n:,} | "

@@ -321,6 +321,8 @@ class Expander:
             and limit is None
             and topup_window is None
         )
+        if by_select:
+            outbox.refresh_planner_stats(self.engine)
         while True:
             written: outbox.ChunkWritten | None = None
             if by_select:

@@ -25,11 +25,7 @@ from scheduler.cli import simulate as simulate_cli
 from scheduler.cli import templates as templates_cli
 from scheduler.cli import users as users_cli
 from scheduler.cli.common import FORMAT_OPTION, OutputFormat, console, core, err_console, print_json
-from scheduler.core import Core
 from scheduler.exceptions import PingAnError, SettingsError
-from scheduler.logs import configure_logging
-from scheduler.preflight import Report, preflight, settings_problems
-from scheduler.settings import load_settings
 
 app = typer.Typer(
     name="pingan",
@@ -58,6 +54,12 @@ app.add_typer(users_cli.app, name="users")
 
 @app.callback()
 def _root(ctx: typer.Context) -> None:
+    # Imported here, not at the top: `pingan --help` and every command's help load no
+    # settings, database or provider code, and each command imports only what it runs.
+    from scheduler.core import Core
+    from scheduler.logs import configure_logging
+    from scheduler.settings import load_settings
+
     try:
         settings = load_settings()
     except SettingsError:
@@ -71,9 +73,7 @@ def _root(ctx: typer.Context) -> None:
 @app.command("settings")
 def show_settings(ctx: typer.Context) -> None:
     """Print the effective settings (environment, .env, defaults) with secrets hidden."""
-    core = ctx.obj
-    assert isinstance(core, Core)
-    print_json(core.settings.public_view())
+    print_json(core(ctx).settings.public_view())
 
 
 @app.command("check")
@@ -88,6 +88,8 @@ def check(
     approval, channel; quota rule → town; segment → template) and each campaign's templates
     rendered for real residents. One line per problem (file:line: field: reason); exit 1 on
     any problem, 0 when all is well."""
+    from scheduler.preflight import Report, preflight, settings_problems
+
     problems = settings_problems()
     report = Report(problems) if problems else preflight(core(ctx), per_town=per_town)
     if fmt == OutputFormat.json:

@@ -21,8 +21,6 @@ from scheduler.cli.common import (
     show_progress,
     table,
 )
-from scheduler.services import campaigns as services
-from scheduler.services import occurrences
 
 app = typer.Typer(help="Campaigns: list, run one now, reload definitions.", no_args_is_help=True)
 occurrences_app = typer.Typer(
@@ -34,6 +32,8 @@ occurrences_app = typer.Typer(
 @app.command("list")
 def list_campaigns(ctx: typer.Context, fmt: OutputFormat = FORMAT_OPTION) -> None:
     """Each campaign with its window, next firing times and last occurrence."""
+    from scheduler.services import campaigns as services
+
     rows = [camp.to_dict() for camp in services.list_campaigns(core(ctx))]
     if fmt == OutputFormat.json:
         print_json(rows)
@@ -73,6 +73,8 @@ def run_campaign(
     fmt: OutputFormat = FORMAT_OPTION,
 ) -> None:
     """Expand one occurrence now, as the scheduler would; running it again changes nothing."""
+    from scheduler.services import campaigns as services
+
     c = core(ctx)
     c.campaigns.get(name)  # an unknown name fails before the bar appears
     when = services.parse_local_time(at, c.settings.tz) if at else None
@@ -107,6 +109,8 @@ def _print_result(data: dict[str, Any], fmt: OutputFormat) -> None:
 @app.command("reload")
 def reload_campaigns(ctx: typer.Context) -> None:
     """Validate the campaign definitions; a `pingan run` on this machine rebuilds its jobs."""
+    from scheduler.services import campaigns as services
+
     c = core(ctx)
     console.print(f"{services.reload_campaigns(c)} campaigns valid")
     pidfile = c.settings.data_dir / "pingan-run.pid"
@@ -128,6 +132,8 @@ def list_occurrences(
     """History of occurrences with their counts per exclusion reason."""
     if ctx.invoked_subcommand:
         return
+    from scheduler.services import occurrences
+
     rows = [
         o.to_dict() for o in occurrences.list_occurrences(core(ctx), campaign=campaign, limit=limit)
     ]
@@ -158,6 +164,8 @@ def list_occurrences(
 
 
 def _set_paused(ctx: typer.Context, occurrence_id: int, paused: bool) -> None:
+    from scheduler.services import occurrences
+
     c = core(ctx)
     if paused:
         occurrences.pause_occurrence(c, occurrence_id)
@@ -189,6 +197,8 @@ def retry(
     It resumes where it stopped: nobody already queued is queued again. Exits 1 if the
     occurrence is not failed, or fails again (with the reason).
     """
+    from scheduler.services import occurrences
+
     result = occurrences.retry_occurrence(core(ctx), occurrence_id)
     _print_result(result.to_dict(), fmt)
     if result.failed:

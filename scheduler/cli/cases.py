@@ -8,7 +8,6 @@ from pathlib import Path
 import typer
 
 from scheduler.cli.common import FORMAT_OPTION, OutputFormat, console, core, print_json
-from scheduler.services.cases import import_cases
 
 app = typer.Typer(help="Fraud cases: import, and the alerts they trigger.", no_args_is_help=True)
 
@@ -28,6 +27,8 @@ def import_file(
     fmt: OutputFormat = FORMAT_OPTION,
 ) -> None:
     """Import cases; a village crossing a must-reach rule gets an alert at the next allowed time."""
+    from scheduler.services.cases import import_cases
+
     c = core(ctx)
     fixed: dt.datetime | None = None
     if clock:

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich import box
@@ -29,11 +29,8 @@ from rich.table import Table
 from rich.text import Text
 from typer._click.exceptions import UsageError
 
-from scheduler.core import Core
-from scheduler.logs import get_logger
-from scheduler.services.recipients import recipient_counts
-
-log = get_logger(__name__)
+if TYPE_CHECKING:
+    from scheduler.core import Core
 
 console = Console()
 # Messages, not tables: a long path stays on one line for whoever reads or greps it.
@@ -51,6 +48,8 @@ FORMAT_OPTION = typer.Option(
 
 
 def core(ctx: typer.Context) -> Core:
+    from scheduler.core import Core
+
     obj = ctx.find_root().obj
     if not isinstance(obj, Core):
         obj = Core()
@@ -189,6 +188,8 @@ def recipients_total(c: Core, wanted: bool = True) -> int:
     """How many residents an expansion reads at most: the bar's total (0: not counted)."""
     if not wanted:
         return 0
+    from scheduler.services.recipients import recipient_counts
+
     return recipient_counts(c).total
 
 
@@ -205,8 +206,10 @@ def usage_error(message: str) -> UsageError:
 def refuse_unless_ready(c: Core) -> None:
     """`pingan run`'s pre-flight: exit 1 (before the lock) on what would make every send fail,
     log the rest as warnings (one campaign's mistake fails that campaign alone)."""
+    from scheduler.logs import get_logger
     from scheduler.preflight import preflight
 
+    log = get_logger(__name__)
     try:
         report = preflight(c)
     except Exception as exc:  # a fault in the check itself must not stop the weekly send

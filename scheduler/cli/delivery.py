@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -20,10 +21,10 @@ from scheduler.cli.common import (
     print_json,
     table,
 )
-from scheduler.core import Core
-from scheduler.dispatcher import DispatchStats, build_dispatcher
-from scheduler.services.delivery import STATES, delivery_stats, messages_left
-from scheduler.workers import check_workers, run_workers
+
+if TYPE_CHECKING:
+    from scheduler.core import Core
+    from scheduler.dispatcher import DispatchStats
 
 app = typer.Typer(help="Delivery: statistics by town, carrier, day or error.", no_args_is_help=True)
 
@@ -54,6 +55,10 @@ def dispatch(
     """Send queued messages through the configured provider (inside the allowed hours).
 
     Ctrl-C or SIGTERM stops cleanly: batches in flight go back to the queue unsent."""
+    from scheduler.dispatcher import build_dispatcher
+    from scheduler.services.delivery import messages_left
+    from scheduler.workers import check_workers, run_workers
+
     c = core(ctx)
     n = workers or c.settings.dispatch.workers
     check_workers(c.settings, n)
@@ -128,6 +133,8 @@ def _stop_on_signals(c: Core) -> None:
 @contextmanager
 def _progress(c: Core, show: bool) -> Iterator[Callable[[DispatchStats], None] | None]:
     """A progress bar (sent and failed counts, rate) on a terminal; nothing when piped."""
+    from scheduler.services.delivery import messages_left
+
     if not show:
         yield None
         return
@@ -165,6 +172,8 @@ def stats(
 ) -> None:
     """Queued, sending, sent, delivered, undelivered, failed, unknown, cancelled; rate; top
     error codes and reasons (opted_out: cancelled because the resident refused)."""
+    from scheduler.services.delivery import STATES, delivery_stats
+
     if by not in (None, "town", "carrier", "day", "error"):
         raise typer.BadParameter("--by must be town, carrier, day or error")
     c = core(ctx)

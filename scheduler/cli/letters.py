@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 
 from scheduler.cli.common import console, core
-from scheduler.reports import write_pdf
 
 app = typer.Typer(help="Open letters to residents, rendered for print.", no_args_is_help=True)
 
@@ -32,5 +31,7 @@ def render(
     path.write_text(rendered.text, encoding="utf-8")
     console.print(f"wrote {path} ({cat.approval_state(template)})")
     if pdf:
+        from scheduler.reports import write_pdf
+
         pdf_path = write_pdf(rendered.text, path.with_suffix(".pdf"))
         console.print(f"wrote {pdf_path}")

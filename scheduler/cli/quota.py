@@ -10,7 +10,6 @@ from typing import Any
 
 import typer
 
-from scheduler import quotas as q
 from scheduler.cell_safety import neutralise_cell
 from scheduler.cli.common import (
     console,
@@ -20,7 +19,6 @@ from scheduler.cli.common import (
     table_console,
     usage_error,
 )
-from scheduler.services.quotas import month_label, quota_status, quota_targets, week_label
 
 app = typer.Typer(help="Quotas: targets and attainment.", no_args_is_help=True)
 
@@ -55,6 +53,8 @@ def _write_csv(header: list[str], rows: list[list[Any]]) -> None:
 def targets_cmd(ctx: typer.Context, rule: str | None = RULE, fmt: QuotaFormat = FORMAT) -> None:
     """The target table of each rule (or one): base × share rounded half up, total row from
     the total base."""
+    from scheduler.services.quotas import quota_targets
+
     tables = quota_targets(core(ctx), rule)
     if fmt is QuotaFormat.json:
         print_json([t.to_dict() for t in tables])
@@ -117,6 +117,9 @@ def status_cmd(
     fmt: QuotaFormat = FORMAT,
 ) -> None:
     """Attainment of each rule in its window: one row per subject, ranked, laggards marked."""
+    from scheduler import quotas as q
+    from scheduler.services.quotas import month_label, quota_status, week_label
+
     if sum(x is not None for x in (week, month, on)) > 1:
         raise usage_error("give at most one of --week, --month, --on")
     label: str | None = None

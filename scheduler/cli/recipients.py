@@ -22,10 +22,7 @@ from scheduler.cli.common import (
     usage_error,
 )
 from scheduler.exceptions import InputFileError
-from scheduler.phones import mask
-from scheduler.recipients import detect_encoding
-from scheduler.sample_data import DEFAULT_SEED, default_count, write_csv
-from scheduler.services import recipients as services
+from scheduler.sample_data import DEFAULT_SEED
 
 app = typer.Typer(
     help="Recipient lists: import, stats, opt-outs, sample data.", no_args_is_help=True
@@ -44,6 +41,8 @@ def import_file(
     fmt: OutputFormat = FORMAT_OPTION,
 ) -> None:
     """Import (upsert by phone) a recipient list; bad rows go to <name>.rejects.csv with reasons."""
+    from scheduler.services import recipients as services
+
     c = core(ctx)
     district = c.district
     show = fmt == OutputFormat.table and console.is_terminal
@@ -98,6 +97,8 @@ def import_file(
 @app.command("stats")
 def stats(ctx: typer.Context, fmt: OutputFormat = FORMAT_OPTION) -> None:
     """Counts by town, village, carrier and segment."""
+    from scheduler.services import recipients as services
+
     c = core(ctx)
     data = services.recipient_counts(c).to_dict()
     if fmt == OutputFormat.json:
@@ -146,6 +147,9 @@ def opt_out(
 
     Exits 1 when some numbers were invalid (the valid ones are recorded all the same).
     """
+    from scheduler.phones import mask
+    from scheduler.services import recipients as services
+
     raw: list[tuple[str, str]] = [("argument", p) for p in phones or []]
     if file is not None:
         raw.extend(_opt_out_file(file))
@@ -178,6 +182,8 @@ def opt_out(
 
 def _opt_out_file(file: Path) -> Iterator[tuple[str, str]]:
     """(where, number) from a file: one number per line, or a CSV's first column."""
+    from scheduler.recipients import detect_encoding
+
     try:
         with file.open("rb") as fh:
             encoding = detect_encoding(fh)
@@ -204,6 +210,8 @@ def generate(
     out: Path = typer.Option(None, "--out", help="CSV to write (default: standard output)."),
 ) -> None:
     """Write a synthetic recipient CSV for the configured district (no real person's number)."""
+    from scheduler.sample_data import default_count, write_csv
+
     district = core(ctx).district
     total = default_count(district) if count is None else count
     # A bar only when the CSV goes to a file: on standard output it would mix with the rows.

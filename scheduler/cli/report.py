@@ -7,8 +7,6 @@ from pathlib import Path
 import typer
 
 from scheduler.cli.common import FORMAT_OPTION, OutputFormat, console, core, print_json, table
-from scheduler.services import activities
-from scheduler.services.reports import write_monthly_report
 
 app = typer.Typer(help="The monthly report (平安宣传活动情况表).", no_args_is_help=True)
 activities_app = typer.Typer(
@@ -35,6 +33,8 @@ def monthly(
 ) -> None:
     """Write the monthly report: attachment 7 per unit, summary, quota ranking, delivery by
     carrier, case check-back, weekly sends. Messages count on the local day they were sent."""
+    from scheduler.services.reports import write_monthly_report
+
     written = write_monthly_report(core(ctx), month, out, town=town, file_it=file_it)
     console.print(f"wrote {written.path}" + (" (filed)" if written.filed else ""))
 
@@ -55,6 +55,8 @@ def add(
     description: str = typer.Option(None, help="活动开展情况"),
 ) -> None:
     """Create or edit a town's activities for a month (until the month's report is filed)."""
+    from scheduler.services import activities
+
     values = {
         "households_visited": households_visited,
         "leaflets": leaflets,
@@ -73,6 +75,8 @@ def add(
 @activities_app.command("import")
 def import_(ctx: typer.Context, file: Path = typer.Argument(...)) -> None:
     """Import rows of town, month and the columns (English or the form's Chinese headers)."""
+    from scheduler.services import activities
+
     result = activities.import_activities(core(ctx), file)
     console.print(f"{result.saved} rows saved, {len(result.problems)} rejected")
     for p in result.problems:
@@ -88,6 +92,8 @@ def list_(
     fmt: OutputFormat = FORMAT_OPTION,
 ) -> None:
     """A month's activities per town."""
+    from scheduler.services import activities
+
     listed = activities.list_activities(core(ctx), month)
     if fmt == OutputFormat.json:
         print_json(listed.to_dict())

@@ -7,8 +7,6 @@ from pathlib import Path
 import typer
 
 from scheduler.cli.common import FORMAT_OPTION, OutputFormat, console, core, print_json, table
-from scheduler.periods import InvalidMonth, Month
-from scheduler.services.sends import import_sends, list_sends
 
 app = typer.Typer(
     help="Reported sends: what carriers and towns sent through their own channels.",
@@ -29,6 +27,8 @@ def import_file(
 ) -> None:
     """Record reported sends; the same source, subject and period again updates its row.
     Bad rows are listed with their line and reason (exit 1); the good ones are kept."""
+    from scheduler.services.sends import import_sends
+
     result = import_sends(core(ctx), file)
     if fmt == OutputFormat.json:
         print_json(result.to_dict())
@@ -52,6 +52,9 @@ def list_(
     fmt: OutputFormat = FORMAT_OPTION,
 ) -> None:
     """The reported sends counted in a month."""
+    from scheduler.periods import InvalidMonth, Month
+    from scheduler.services.sends import list_sends
+
     try:
         listed = list_sends(core(ctx), Month.parse(month))
     except InvalidMonth as exc:

@@ -10,7 +10,6 @@ import typer
 
 from scheduler.cli.common import core, refuse_unless_ready
 from scheduler.exceptions import PingAnError
-from scheduler.service import Service
 
 
 def run(
@@ -35,6 +34,8 @@ def run(
     expanded fails alone; with --once everything else is sent, then the failed occurrences
     are named on stderr and the exit code is 1 (`pingan occurrences retry ID` after the fix).
     """
+    from scheduler.service import Service
+
     c = core(ctx)
     refuse_unless_ready(c)
     if clock:

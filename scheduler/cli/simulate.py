@@ -20,7 +20,6 @@ from scheduler.cli.common import (
     table_console,
     usage_error,
 )
-from scheduler.simulation import simulate
 
 
 def _day(value: str, name: str) -> dt.date:
@@ -51,6 +50,8 @@ def simulate_command(
     """Run the configured campaigns over a simulated clock on a scratch database (dry-run
     provider, same scheduler, expansion, dispatch and quota code as the service) and print the
     attainment of every quota window in the period. Exits 1 if any quota would be missed."""
+    from scheduler.simulation import simulate
+
     c = core(ctx)
     first, last = _day(start, "--from"), _day(end, "--to")
     if last < first:

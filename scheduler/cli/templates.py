@@ -5,7 +5,6 @@ from __future__ import annotations
 import typer
 
 from scheduler.cli.common import FORMAT_OPTION, OutputFormat, console, core, print_json, table
-from scheduler.services import templates
 
 app = typer.Typer(help="Message templates: list, preview, lint, approve.", no_args_is_help=True)
 
@@ -19,6 +18,8 @@ STATE_LABEL = {
 @app.command("list")
 def list_templates(ctx: typer.Context, fmt: OutputFormat = FORMAT_OPTION) -> None:
     """Every template: channel, audience, length for the sample district, approval state."""
+    from scheduler.services import templates
+
     c = core(ctx)
     cat = c.catalogue
     rows = [t.to_dict() for t in templates.list_templates(c)]
@@ -55,6 +56,8 @@ def preview(
     fmt: OutputFormat = FORMAT_OPTION,
 ) -> None:
     """The rendered text exactly as a phone shows it, with character and segment counts."""
+    from scheduler.services import templates
+
     data = templates.preview_template(
         core(ctx), name, town=town, village=village, segment=segment
     ).to_dict()
@@ -79,6 +82,8 @@ def lint(
 
     Exits 1 and names file, line and reason for each problem; 0 when all is well.
     """
+    from scheduler.services import templates
+
     c = core(ctx)
     problems = templates.lint_templates(c, names)
     if fmt == OutputFormat.json:
@@ -105,5 +110,7 @@ def approve(
     by: str = typer.Option(..., "--by", help="Who reviewed it."),
 ) -> None:
     """Record approval of the template's current content (its sha256) in approvals.yaml."""
+    from scheduler.services import templates
+
     approval = templates.approve_template(core(ctx), name, by)
     console.print(f"approved {name} ({approval.source_hash[:12]}) by {by}")

@@ -7,7 +7,6 @@ import sys
 
 import typer
 
-from scheduler import accounts
 from scheduler.cli.common import FORMAT_OPTION, OutputFormat, console, core, print_json, table
 from scheduler.exceptions import PingAnError
 from scheduler.models import Role
@@ -62,6 +61,8 @@ def add(
     password_stdin: bool = PASSWORD_STDIN,
 ) -> None:
     """Add a console user; the password comes from a hidden prompt or stdin."""
+    from scheduler import accounts
+
     c = core(ctx)
     password = _read_password(password_stdin)
     account = accounts.create_user(c, name, role, password, town=town, actor=_actor())
@@ -72,6 +73,8 @@ def add(
 @app.command("list")
 def list_users(ctx: typer.Context, fmt: OutputFormat = FORMAT_OPTION) -> None:
     """List console users with role, town and last login."""
+    from scheduler import accounts
+
     users = accounts.list_users(core(ctx))
     if fmt == OutputFormat.json:
         print_json([u.to_json() for u in users])
@@ -92,6 +95,8 @@ def list_users(ctx: typer.Context, fmt: OutputFormat = FORMAT_OPTION) -> None:
 @app.command("disable")
 def disable(ctx: typer.Context, name: str = typer.Argument(..., help="Login name.")) -> None:
     """Refuse the user's logins from now on and end its open sessions."""
+    from scheduler import accounts
+
     account = accounts.disable_user(core(ctx), name, actor=_actor())
     console.print(f"disabled {account.name}")
 
@@ -103,6 +108,8 @@ def password(
     password_stdin: bool = PASSWORD_STDIN,
 ) -> None:
     """Set a new password (hidden prompt or stdin); the user's open sessions end."""
+    from scheduler import accounts
+
     c = core(ctx)
     account = accounts.get_user(c, name)
     new = _read_password(password_stdin)
