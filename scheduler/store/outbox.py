@@ -378,12 +378,20 @@ class QueuedMessage(NamedTuple):
     next_attempt_at: dt.datetime
 
 
+# `period` (the occurrence's month, one value per chunk) goes in as a literal written by
+# `_period_sql`, so the rows need no extra column.
 _INSERT_QUEUED = (
     "INSERT INTO messages (occurrence_id, recipient_id, phone, town_id, village_id, carrier, "
-    "body_id, segments, rank, queued_at, next_attempt_at, state, attempts) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0) "
-    "ON CONFLICT (occurrence_id, recipient_id) DO NOTHING"
+    "body_id, segments, rank, queued_at, next_attempt_at, state, attempts, period) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, {period}) "
+    "ON CONFLICT (occurrence_id, recipient_id, period) DO NOTHING"
 )
+
+
+def _period_sql(period: dt.date) -> str:
+    """A message period as SQL text: a date this code computed, never user input."""
+    assert type(period) is dt.date
+    return f"'{period.isoformat()}'"
 
 
 _CHECKPOINT_PAGES = 10_000
@@ -426,6 +434,7 @@ def write_capped_chunk(
     expect_cursor: int,
     cursor: int,
     excluded: dict[str, int],
+    period: dt.date,
     room: int | None = None,
 ) -> ChunkWritten:
     """Queue one chunk within the weekly cap and advance the occurrence, in one transaction.
@@ -447,6 +456,7 @@ def write_capped_chunk(
         expect_cursor=expect_cursor,
         cursor=cursor,
         excluded=excluded,
+        period=period,
         room=room,
     )
 
@@ -460,6 +470,7 @@ def write_capped_rows(
     expect_cursor: int,
     cursor: int,
     excluded: dict[str, int],
+    period: dt.date,
     room: int | None = None,
 ) -> ChunkWritten:
     """`write_capped_chunk` for rows already in storage form, in `QueuedMessage`'s column
@@ -497,9 +508,9 @@ def write_capped_rows(
                     total[reason] = total.get(reason, 0) + 1
             keep = kept
         if keep and s.get_bind().dialect.name == "postgresql":
-            _copy_queued(s, keep)
+            _copy_queued(s, keep, period)
         else:
-            executemany(s, _INSERT_QUEUED, keep)
+            executemany(s, _INSERT_QUEUED.format(period=_period_sql(period)), keep)
         s.execute(
             update(Occurrence)
             .where(Occurrence.id == occurrence_id)
@@ -510,17 +521,17 @@ def write_capped_rows(
 
 _COPY_QUEUED = (
     "COPY messages (occurrence_id, recipient_id, phone, town_id, village_id, carrier, "
-    "body_id, segments, rank, queued_at, next_attempt_at, state, attempts) FROM STDIN"
+    "body_id, segments, rank, queued_at, next_attempt_at, state, attempts, period) FROM STDIN"
 )
 
 
-def _copy_queued(s: Session, rows: Sequence[tuple[Any, ...]]) -> None:
+def _copy_queued(s: Session, rows: Sequence[tuple[Any, ...]], period: dt.date) -> None:
     """COPY a chunk into messages inside the session's transaction (PostgreSQL's ceiling)."""
     raw = s.connection().connection.driver_connection
     assert raw is not None
     with raw.cursor() as cur, cur.copy(_COPY_QUEUED) as copy:
         for r in rows:
-            copy.write_row((*r, "queued", 0))
+            copy.write_row((*r, "queued", 0, period))
 
 
 class ChunkSummary(NamedTuple):
@@ -566,6 +577,7 @@ def write_capped_select(
     expect_cursor: int,
     cursor: int,
     excluded: dict[str, int],
+    period: dt.date,
 ) -> ChunkWritten:
     """`write_capped_rows` as one `INSERT … SELECT` for a template with no per-recipient
     variable: the database reads, filters and writes the chunk without a row crossing into
@@ -602,14 +614,16 @@ def write_capped_select(
             sql = (
                 f"WITH b(town_id, village_id, body_id, segments) AS (VALUES {places}) "
                 "INSERT INTO messages (occurrence_id, recipient_id, phone, town_id, village_id, "
-                "carrier, body_id, segments, rank, queued_at, next_attempt_at, state, attempts) "
+                "carrier, body_id, segments, rank, queued_at, next_attempt_at, state, attempts, "
+                "period) "
                 f"SELECT {p}, r.id, r.phone, r.town_id, r.village_id, r.carrier, b.body_id, "
-                f"b.segments, {p}, {p}, {p}, 'queued', 0 FROM recipients r "
+                f"b.segments, {p}, {p}, {p}, 'queued', 0, {_period_sql(period)} "
+                "FROM recipients r "
                 "JOIN b ON b.town_id = r.town_id AND b.village_id = r.village_id "
                 f"WHERE r.id > {p} AND r.id <= {p} "
                 "AND NOT EXISTS (SELECT 1 FROM opt_outs o WHERE o.phone = r.phone)"
                 f"{capped} ORDER BY r.id "
-                "ON CONFLICT (occurrence_id, recipient_id) DO NOTHING"
+                "ON CONFLICT (occurrence_id, recipient_id, period) DO NOTHING"
             )
             result = s.connection().exec_driver_sql(sql, tuple(params))
             # sqlite3 reports no rowcount for a statement that starts with WITH.
