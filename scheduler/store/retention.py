@@ -248,8 +248,12 @@ def _format(value: Any) -> str:
 
 def _rows(conn: Connection, table: str, month: Month, tz: Any) -> Iterator[list[str]]:
     t = TABLES[table]
-    result = conn.execution_options(yield_per=5_000).execute(
-        select(*t.c).where(*_where(table, month, tz)).order_by(t.c.id)
+    # On the statement, not the connection: a connection's options stay for what follows.
+    result = conn.execute(
+        select(*t.c)
+        .where(*_where(table, month, tz))
+        .order_by(t.c.id)
+        .execution_options(yield_per=5_000)
     )
     for row in result:
         yield [_format(v) for v in row]
