@@ -251,3 +251,71 @@ def test_retention_setting_prunes_from_the_nightly_job(core: Core) -> None:
     # December now, one full month kept (November): October goes.
     assert [m.month for m in done.pruned.months] == ["2022-10"]
     assert _count(core.engine, Message) == 90
+
+
+def test_migration_keeps_existing_messages_and_gives_them_their_period(db_url: str) -> None:
+    """An installation with messages upgrades: every row kept with its occurrence's local
+    month (09:00 on 1 Nov in Shanghai is 31 Oct in UTC: November), ids continue after it."""
+    from alembic.script import ScriptDirectory
+
+    from scheduler.db import alembic_config, make_engine, upgrade
+
+    engine = make_engine(db_url)
+    previous = ScriptDirectory.from_config(alembic_config(engine)).get_revision("0014")
+    assert previous is not None and isinstance(previous.down_revision, str)
+    upgrade(engine, previous.down_revision)
+    at = dt.datetime(2022, 11, 1, 9, 0, tzinfo=TZ)
+    occ, _ = outbox.get_or_create_occurrence(
+        engine, campaign="c", scheduled_at=at, kind="manual", channel="sms", priority=0, now=at
+    )
+    body = outbox.ensure_body(
+        engine, text="t", template_name="t", template_hash="h", chars=1, segments=1
+    )
+    stored = "2022-11-01 01:00:00.000000" if engine.dialect.name == "sqlite" else at
+    with engine.begin() as conn:
+        for i in range(1, 4):
+            conn.execute(
+                text(
+                    "INSERT INTO messages (occurrence_id, recipient_id, phone, town_id, "
+                    "village_id, carrier, body_id, segments, rank, state, attempts, queued_at) "
+                    "VALUES (:o, :i, '13800000000', 'huanghu', 'qingbo', 'mobile', :b, 1, 0, "
+                    "'sent', 1, :t)"
+                ),
+                {"o": occ.id, "i": i, "b": body, "t": stored},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO attempts (message_id, attempted_at, outcome) "
+                    "VALUES (:i, :t, 'sent')"
+                ),
+                {"i": i, "t": stored},
+            )
+    upgrade(engine)
+    with engine.connect() as conn:
+        periods = conn.execute(select(Message.period, func.count()).group_by(Message.period))
+        assert periods.all() == [(dt.date(2022, 11, 1), 3)]
+        assert _count(engine, Attempt) == 3
+        if engine.dialect.name == "postgresql":
+            assert Month(2022, 11) in store.month_partitions(conn, "messages")
+            assert Month(2022, 11) in store.month_partitions(conn, "attempts")
+    with transaction(engine) as s:
+        again = {
+            "occurrence_id": occ.id,
+            "recipient_id": 9,
+            "phone": "13800000009",
+            "town_id": "huanghu",
+            "village_id": "qingbo",
+            "carrier": "mobile",
+            "body_id": body,
+            "segments": 1,
+            "rank": 0,
+            "state": MessageState.QUEUED,
+            "attempts": 0,
+            "queued_at": at,
+            "period": dt.date(2022, 11, 1),
+        }
+        new_id = s.execute(
+            Message.__table__.insert().values(**again).returning(Message.id)  # type: ignore[attr-defined]
+        ).scalar_one()
+    assert new_id == 4
+    engine.dispose()
