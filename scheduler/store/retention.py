@@ -306,13 +306,28 @@ def _drop_or_delete(
             conn.exec_driver_sql(f"ALTER TABLE {table} DETACH PARTITION {name}")
             conn.exec_driver_sql(f"DROP TABLE {name}")
             dropped.append(name)
-    while True:
-        ids = select(t.c.id).where(*_where(table, month, tz)).limit(DELETE_BATCH)
-        n = conn.execute(t.delete().where(t.c.id.in_(ids.scalar_subquery()))).rowcount
+    # Batches by id range: the month's ids are read once (every DELETE_BATCH-th kept), so each
+    # batch is a primary-key range, not another scan for `period` (unindexed on SQLite).
+    starts = [
+        row_id
+        for i, row_id in enumerate(
+            conn.execute(
+                select(t.c.id)
+                .where(*_where(table, month, tz))
+                .order_by(t.c.id)
+                .execution_options(yield_per=DELETE_BATCH)
+            ).scalars()
+        )
+        if i % DELETE_BATCH == 0
+    ]
+    for k, lo in enumerate(starts):
+        in_range = [t.c.id >= lo]
+        if k + 1 < len(starts):
+            in_range.append(t.c.id < starts[k + 1])
+        n = conn.execute(t.delete().where(*in_range, *_where(table, month, tz))).rowcount
         if progress is not None and n:
             progress(table, int(n))
-        if not n or n < DELETE_BATCH:
-            return dropped
+    return dropped
 
 
 def prune_month(

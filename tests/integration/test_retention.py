@@ -120,9 +120,13 @@ def test_pruned_month_keeps_its_report_and_is_archived_whole(core: Core) -> None
     assert len(_archive_rows(folder / "messages-2022-10.csv.gz")) == messages
 
 
-def test_prune_cut_short_after_its_archive_starts_again(core: Core) -> None:
+def test_prune_cut_short_after_its_archive_starts_again(
+    core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Killed after writing an archive but before its drop committed, the rows are still
-    there: the next run writes the archive again from them, then drops them."""
+    there: the next run writes the archive again from them, then drops them (here in
+    batches of 7, so the batching's ranges are exercised: 180 = 25 x 7 + 5)."""
+    monkeypatch.setattr(store, "DELETE_BATCH", 7)
     _history(core)
     folder = core.settings.data_dir / "archive"
     folder.mkdir(parents=True)
@@ -135,9 +139,21 @@ def test_prune_cut_short_after_its_archive_starts_again(core: Core) -> None:
     assert _count(core.engine, Message) == 270
     assert len(_archive_rows(stale)) == 1  # a dry run writes nothing
 
-    prune(core, "2022-11")
+    deleted: list[tuple[str, int]] = []
+    pruned = store.prune_month(
+        core.engine,
+        Month(2022, 10),
+        archive_dir=folder,
+        tz=TZ,
+        progress=lambda table, n: deleted.append((table, n)),
+    )
     assert len(_archive_rows(stale)) == 180
     assert _count(core.engine, Message) == 90
+    assert pruned.attempts == len(_archive_rows(folder / "attempts-2022-10.csv.gz")) >= 180
+    if core.engine.dialect.name == "sqlite":
+        batches = [n for table, n in deleted if table == "messages"]
+        assert batches == [7] * 25 + [5]
+        assert sum(n for table, n in deleted if table == "attempts") == pruned.attempts
 
 
 def test_prune_refuses_the_current_month_a_bad_month_and_unfinished_messages(
