@@ -55,12 +55,15 @@ def db_prune(
 ) -> None:
     """Archive old months of messages and attempts, then drop them.
 
-    Each month earlier than --before goes to <data dir>/archive/messages-YYYY-MM.csv.gz and
-    attempts-YYYY-MM.csv.gz (every column as stored, phone numbers included; files mode
-    0600), written and synced before its partitions are dropped (PostgreSQL) or its rows
-    deleted (SQLite), one month per transaction. Run again after an interruption: months
-    already archived and gone are skipped. Quota and report figures come from the send
-    counters, which stay.
+    Each month before --before goes to <data dir>/archive/ as gzip'd CSV (mode 0600).
+
+    Every column is kept as stored, phone numbers included: the office's record.
+
+    The archive is synced before the month's partitions are dropped or rows deleted.
+
+    One month per transaction: run again after an interruption; done months are skipped.
+
+    Quota and report figures come from the send counters, which stay.
     """
     c = core(ctx)
     with progress_bar("pruning months", show=show_progress(fmt)) as on_progress:
