@@ -11,7 +11,11 @@ database (dropped at the end unless --keep):
 - expand: `pingan campaigns run weekly-antifraud --at 2022-10-10T09:00`;
 - dispatch: `--workers` processes of `pingan dispatch --until-empty` at once, through the
   official Twilio client against scheduler/testing/fake_twilio.py answering each create after
-  --latency-ms (plus up to --jitter-ms).
+  --latency-ms (plus up to --jitter-ms);
+- prune (unless --no-prune): `pingan db prune --before 2022-11`, archiving the month to gzip'd
+  CSV and dropping its partitions: the retention job's cost and the archive's bytes per row.
+  The dispatchers run on the real clock, so the attempts belong to this month and stay: the
+  prune covers October's messages (most of the bytes), not their attempts.
 
 Reported: wall time and rows/s of each step, peak memory (max RSS) of every process, what the
 fake received (and any duplicate), the database's size and the bytes per message (messages,
@@ -154,6 +158,7 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=20.0, help="the fake's latency")
     parser.add_argument("--jitter-ms", type=float, default=0.0, help="plus up to this much")
     parser.add_argument("--concurrency", type=int, default=16, help="sends in flight per worker")
+    parser.add_argument("--no-prune", action="store_true", help="skip the prune step")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     parser.add_argument("--json", action="store_true", help="the figures as one JSON object")
     args = parser.parse_args()
@@ -239,6 +244,19 @@ def main() -> None:
         figures["fake_created"] = stats["created"]
         figures["fake_duplicates"] = stats["duplicates"]
         figures.update(sizes(url))
+        if not args.no_prune:
+            t0 = time.perf_counter()
+            proc = _pingan(env, "db", "prune", "--before", "2022-11", "--format", "json", log=log)
+            out = proc.stdout.read() if proc.stdout else ""
+            rc, rss = _wait(proc)
+            figures["prune_s"] = time.perf_counter() - t0
+            if rc != 0:
+                raise SystemExit(f"prune failed ({rc}); see {log}\n{log.read_text()[-3000:]}")
+            figures["prune_rss_mb"] = rss
+            (month,) = json.loads(out)["months"]
+            figures["pruned_rows"] = month["messages"] + month["attempts"]
+            figures["archive_bytes"] = sum(Path(a).stat().st_size for a in month["archives"])
+            figures["partitions_dropped"] = month["partitions_dropped"]
     finally:
         fake.terminate()
         fake.wait()
@@ -292,6 +310,13 @@ def report(f: dict[str, Any], *, json_out: bool) -> None:
     else:
         size += f" = {f['bytes_per_message']:,.0f} bytes per message (whole file)"
     print(size)
+    if "prune_s" in f:
+        print(
+            f"prune     : {f['prune_s']:.1f} s for {f['pruned_rows']:,} rows (October's "
+            f"messages), archive {f['archive_bytes'] / 1e6:,.1f} MB = "
+            f"{f['archive_bytes'] / n:,.0f} bytes per message, peak {f['prune_rss_mb']:.0f} MB, "
+            f"dropped {', '.join(f['partitions_dropped']) or 'no partition'}"
+        )
     print(f"machine   : {platform.platform()}, {os.cpu_count()} CPUs, {platform.python_version()}")
 
 

@@ -136,3 +136,6 @@ def test_province_benchmark_runs_on_postgres(tmp_path: Path) -> None:
     assert figures["dispatch_exit_codes"] == [0, 0, 0]
     assert "messages_p2022_10" in figures["partitions"]
     assert figures["messages_bytes"] > 0 and len(figures["dispatch_rss_mb"]) == 3
+    # October's messages; their attempts were made at the real clock, in this month.
+    assert figures["pruned_rows"] == 600
+    assert "messages_p2022_10" in figures["partitions_dropped"]
