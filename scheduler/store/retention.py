@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, func, select, text
+from sqlalchemy import Connection, Engine, Table, func, literal_column, select, text
 
 from scheduler.models import Attempt, Message, MessageState
 from scheduler.periods import Month
@@ -339,13 +339,88 @@ def prune_month(
     dry_run: bool = False,
     progress: Callable[[str, int], None] | None = None,
 ) -> MonthPruned:
-    """Archive one month's messages and attempts, then drop them, in one transaction.
+    """Archive one month's messages and attempts, then drop them.
 
-    The transaction first takes the month's rows out of other writers' reach (a SHARE lock on
-    the tables on PostgreSQL, the write lock on SQLite), so the archive holds exactly what is
-    dropped. The files are fsynced before the drop: killed before the commit, the rows are
-    still there and the next run writes the archive again; killed after, the month is skipped.
+    The drop runs in one transaction that first takes the month's rows out of other writers'
+    reach (a SHARE lock on the month's partitions on PostgreSQL, the write lock on SQLite), so
+    the archive holds exactly what is dropped. The files are fsynced before the drop: killed
+    before the commit, the rows are still there and the next run writes the archive again;
+    killed after, the month is skipped.
+
+    On PostgreSQL the archive is written first without any lock, from one REPEATABLE READ
+    snapshot: a province month takes hours to write, and a lock held that long would stall the
+    dispatcher (its updates by id reach every partition). Under the lock the month is then
+    checked unchanged since that snapshot (the same row counts, and no row version written by a
+    transaction the snapshot could not see: `age(xmin)`); if anything changed, the archive is
+    written again under the lock.
     """
+    snapshot = None
+    if engine.dialect.name == "postgresql" and not dry_run:
+        snapshot = _archive_from_snapshot(engine, month, tz, archive_dir)
+    return _prune_locked(engine, month, archive_dir, tz, dry_run, progress, snapshot)
+
+
+def _check_finished(conn: Connection, month: Month, tz: Any) -> None:
+    unfinished = int(
+        conn.execute(
+            select(func.count())
+            .select_from(Message)
+            .where(*_where(MESSAGES, month, tz), Message.state.in_(list(UNFINISHED)))
+        ).scalar_one()
+    )
+    if unfinished:
+        raise UnfinishedMessages(month, unfinished)
+
+
+def _archive_from_snapshot(
+    engine: Engine, month: Month, tz: Any, archive_dir: Path
+) -> tuple[int, int, int] | None:
+    """The month's archives written from one snapshot, no lock taken: (the snapshot's xmin,
+    messages, attempts), or None when the month has no rows."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        try:
+            xmin = int(
+                conn.exec_driver_sql(
+                    "SELECT txid_snapshot_xmin(txid_current_snapshot())"
+                ).scalar_one()
+            )
+            _check_finished(conn, month, tz)
+            counts = count_month(conn, MESSAGES, month, tz), count_month(conn, ATTEMPTS, month, tz)
+            if counts == (0, 0):
+                return None
+            for tbl in TABLES:
+                _write_archive(conn, tbl, month, tz, archive_path(archive_dir, tbl, month))
+            return (xmin, *counts)
+        finally:
+            conn.rollback()
+
+
+def _changed_since(conn: Connection, month: Month, tz: Any, xmin: int) -> bool:
+    """Whether any row of the month was written by a transaction at or after `xmin` (the
+    oldest transaction a snapshot could not see). Call it holding the month's lock."""
+    newer = int(conn.execute(text("SELECT txid_current() - :x"), {"x": xmin}).scalar_one())
+    for table in TABLES:
+        t = TABLES[table]
+        n = conn.execute(
+            select(func.count())
+            .select_from(t)
+            .where(*_where(table, month, tz), func.age(literal_column("xmin")) <= newer)
+        ).scalar_one()
+        if n:
+            return True
+    return False
+
+
+def _prune_locked(
+    engine: Engine,
+    month: Month,
+    archive_dir: Path,
+    tz: Any,
+    dry_run: bool,
+    progress: Callable[[str, int], None] | None,
+    snapshot: tuple[int, int, int] | None,
+) -> MonthPruned:
     done = MonthPruned(str(month), action="would prune" if dry_run else "pruned")
     paths = {tbl: archive_path(archive_dir, tbl, month) for tbl in TABLES}
     with engine.connect() as conn:
@@ -353,15 +428,7 @@ def prune_month(
             partitioned = {tbl: is_partitioned(conn, tbl) for tbl in TABLES}
             if not dry_run:
                 _lock_month(conn, month, partitioned)
-            unfinished = int(
-                conn.execute(
-                    select(func.count())
-                    .select_from(Message)
-                    .where(*_where(MESSAGES, month, tz), Message.state.in_(list(UNFINISHED)))
-                ).scalar_one()
-            )
-            if unfinished:
-                raise UnfinishedMessages(month, unfinished)
+            _check_finished(conn, month, tz)
             done.messages = count_month(conn, MESSAGES, month, tz)
             done.attempts = count_month(conn, ATTEMPTS, month, tz)
             leftover = [
@@ -377,7 +444,12 @@ def prune_month(
                 done.archives = [str(p) for p in paths.values() if p.exists()]
                 conn.rollback()
                 return done
-            if not (empty and archived):
+            current = (
+                snapshot is not None
+                and snapshot[1:] == (done.messages, done.attempts)
+                and not _changed_since(conn, month, tz, snapshot[0])
+            )
+            if not (empty and archived) and not current:
                 for tbl, path in paths.items():
                     _write_archive(conn, tbl, month, tz, path)
             done.archives = [str(p) for p in paths.values()]

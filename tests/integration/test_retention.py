@@ -335,3 +335,36 @@ def test_migration_keeps_existing_messages_and_gives_them_their_period(db_url: s
         ).scalar_one()
     assert new_id == 4
     engine.dispose()
+
+
+@pytest.mark.parametrize("change", [False, True])
+def test_postgres_archive_from_a_snapshot_is_rewritten_if_the_month_changed(
+    core: Core, change: bool
+) -> None:
+    """PostgreSQL writes the archive without a lock, then checks under the lock that nothing
+    changed since its snapshot: unchanged, the file is kept as written; changed (a late
+    status written to one message in between), the archive is written again and holds it."""
+    if core.engine.dialect.name != "postgresql":
+        pytest.skip("the snapshot archive is PostgreSQL's (SQLite archives under its lock)")
+    _history(core)
+    engine = core.engine
+    october = Month(2022, 10)
+    folder = core.settings.data_dir / "archive"
+    snapshot = store._archive_from_snapshot(engine, october, TZ, folder)
+    assert snapshot is not None and snapshot[1] == 180
+    path = folder / "messages-2022-10.csv.gz"
+    written = path.stat().st_mtime_ns
+    if change:
+        with transaction(engine) as s:
+            s.execute(
+                Message.__table__.update()  # type: ignore[attr-defined]
+                .where(Message.id == select(func.min(Message.id)).scalar_subquery())
+                .values(error_code="late-status")
+            )
+    done = store._prune_locked(engine, october, folder, TZ, False, None, snapshot)
+    assert (done.messages, done.action) == (180, "pruned")
+    codes = [r["error_code"] for r in _archive_rows(path)]
+    assert len(codes) == 180
+    assert ("late-status" in codes) is change
+    assert (path.stat().st_mtime_ns != written) is change
+    assert _count(engine, Message, Message.period == october.first_day) == 0
