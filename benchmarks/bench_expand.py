@@ -43,7 +43,7 @@ MONDAY = dt.datetime(2022, 10, 10, 9, 0, tzinfo=TZ)
 WORK: list[Path] = []
 COLUMNS = (
     "occurrence_id, recipient_id, phone, town_id, village_id, carrier, body_id, segments, "
-    "rank, state, attempts, queued_at, next_attempt_at"
+    "rank, state, attempts, queued_at, next_attempt_at, period"
 )
 
 
@@ -104,7 +104,7 @@ def run_ceiling(db: str, source: str, out: Any) -> None:
     began = time.perf_counter()
     if isinstance(conn, sqlite3.Connection):
         conn.executemany(
-            f"INSERT INTO messages ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
+            f"INSERT INTO messages ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
         )
     else:
         with conn.cursor() as cur, cur.copy(f"COPY messages ({COLUMNS}) FROM STDIN") as copy:
@@ -198,6 +198,7 @@ def run_naive(db: str, limit: int, commit_every: int, out: Any) -> None:
                         rank=0,
                         queued_at=dt.datetime.now(dt.UTC),
                         next_attempt_at=MONDAY,
+                        period=occ.scheduled_at.astimezone(TZ).date().replace(day=1),
                     )
                 )
                 written += 1

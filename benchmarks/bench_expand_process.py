@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 COLUMNS = (
     "occurrence_id, recipient_id, phone, town_id, village_id, carrier, body_id, segments, "
-    "rank, queued_at, next_attempt_at, state, attempts"
+    "rank, queued_at, next_attempt_at, state, attempts, period"
 )
 
 
@@ -72,7 +72,11 @@ def raw_expand(url: str) -> int:
         f"ORDER BY r.id LIMIT {p}"
     )
     last, written = 0, 0
-    insert = f"INSERT INTO messages ({COLUMNS}) VALUES ({', '.join([p] * 11)}, 'queued', 0)"
+    # The occurrence's local month (2022-10-10 09:00 in Shanghai).
+    period = "2022-10-01"
+    insert = (
+        f"INSERT INTO messages ({COLUMNS}) VALUES ({', '.join([p] * 11)}, 'queued', 0, '{period}')"
+    )
     while True:
         cur.execute(page, (last, 5000))
         rows = cur.fetchall()
@@ -87,7 +91,7 @@ def raw_expand(url: str) -> int:
         if pg:
             with cur.copy(f"COPY messages ({COLUMNS}) FROM STDIN") as copy:
                 for row in out:
-                    copy.write_row((*row, "queued", 0))
+                    copy.write_row((*row, "queued", 0, period))
         else:
             cur.executemany(insert, out)
         written += len(out)

@@ -34,6 +34,7 @@ from scheduler.logs import get_logger, mask_text
 from scheduler.models import Occurrence, OccurrenceState
 from scheduler.store import outbox
 from scheduler.store.outbox import RecipientRow, WeeklyCap
+from scheduler.store.retention import period_of
 from scheduler.templating import RECIPIENT_VARIABLES, Catalogue, TemplateInfo
 
 log = get_logger("scheduler.expansion")
@@ -195,6 +196,7 @@ class Expander:
         cap: WeeklyCap,
         expect_cursor: int,
         excluded: Counter[str],
+        period: dt.date,
     ) -> outbox.ChunkWritten | None:
         """Write one chunk by `INSERT … SELECT`, its places' texts rendered first; None when
         one of them failed to render, so the chunk goes row by row and excludes exactly those
@@ -233,6 +235,7 @@ class Expander:
             expect_cursor=expect_cursor,
             cursor=summary.hi,
             excluded=dict(excluded + counted),
+            period=period,
         )
 
     @staticmethod
@@ -303,6 +306,7 @@ class Expander:
         # times, and attribute reads, NamedTuples and re-built tuples were a fifth of it.
         stored_time = db_time_cache(self.engine.dialect.name)
         occ_id, rank = occ.id, -occ.priority
+        period = period_of(occ.scheduled_at, self.tz)
         not_before = stored_time(occ.scheduled_at)
         pairs = self._pairs
         filtered = self._has_filters(campaign, target)
@@ -347,6 +351,7 @@ class Expander:
                     cap=cap,
                     expect_cursor=cursor,
                     excluded=excluded,
+                    period=period,
                 )
             if written is None:
                 # An occurrence aimed at one town or village (a top-up, a local-case alert)
@@ -456,6 +461,7 @@ class Expander:
                     expect_cursor=cursor,
                     cursor=hi,
                     excluded=dict(excluded),
+                    period=period,
                     room=None if limit is None else max(limit - queued_so_far, 0),
                 )
             if written.stale:

@@ -8,7 +8,9 @@ simulator runs, and both read the time only through `Core.clock`.
 
 The jobs: one per scheduled campaign (fire its latest due time), the quota check and its
 top-ups (PINGAN_QUOTA_CHECK), and the monthly report on its due day (each morning at 07:30;
-PINGAN_REPORT_DUE_DAY, PINGAN_REPORT_PERIOD). Dispatching, with its housekeeping (expiring
+PINGAN_REPORT_DUE_DAY, PINGAN_REPORT_PERIOD), and each night at 03:10 the partitions: months of
+messages and attempts created ahead on PostgreSQL and PINGAN_RETENTION__MONTHS applied
+(`scheduler.services.retention`). Dispatching, with its housekeeping (expiring
 status callbacks that never matched a message), runs between jobs: a thread in the service,
 after each step in the simulator.
 """
@@ -34,6 +36,9 @@ log = get_logger("scheduler.loop")
 QUOTA_CHECK_JOB = "_quota_check"
 MONTHLY_REPORT_JOB = "_monthly_report"
 REPORT_TIME = dt.time(7, 30)
+PARTITIONS_JOB = "_partitions"
+# At night, outside any sending hours: creating a partition briefly locks the table.
+PARTITIONS_TIME = dt.time(3, 10)
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,13 @@ class Loop:
                 Loop.due_report,
             )
         )
+        table.append(
+            Job(
+                PARTITIONS_JOB,
+                CronTrigger(hour=PARTITIONS_TIME.hour, minute=PARTITIONS_TIME.minute, timezone=tz),
+                Loop.partitions,
+            )
+        )
         return table
 
     # -- what the jobs do --------------------------------------------------------------------
@@ -148,6 +160,24 @@ class Loop:
         if path is not None:
             self.reports.append((today, str(path)))
         return path
+
+    def partitions(self) -> Any:
+        """Each night: partitions created ahead, old months archived and dropped if the
+        retention setting asks. A failure is logged; the next night tries again (months are
+        created several ahead, and the default partition takes rows meanwhile)."""
+        from scheduler.services.retention import daily_partitions
+
+        if self.core.stop.is_set():
+            return None
+        try:
+            done = daily_partitions(self.core)
+        except Exception as exc:
+            log.error("job.partitions_failed", error=describe(exc))
+            return None
+        pruned = [m.month for m in done.pruned.months] if done.pruned else []
+        if done.created or pruned:
+            log.info("job.partitions", created=list(done.created), pruned=pruned)
+        return done
 
     def catch_up(self) -> list[ExpansionResult]:
         """At (re)start: fire what was missed while down, within grace; resume expansions."""

@@ -185,6 +185,9 @@ class MessageBody(Base):
 
 
 class Message(Base):
+    """One message to one resident. On PostgreSQL partitioned by `period`, its primary key
+    (id, period) (migration 0014); `id` alone stays the key here so SQLite keeps its rowid."""
+
     __tablename__ = "messages"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -210,9 +213,13 @@ class Message(Base):
     # When the message went to the provider; its local day is the day quotas count it on.
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     status_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # The first day of the occurrence's local month (`store.retention.period_of`): the
+    # partition key on PostgreSQL, where every unique key must include it. Being a function
+    # of the occurrence, the key below is exactly as strict as (occurrence_id, recipient_id).
+    period: Mapped[dt.date] = mapped_column(Date)
 
     __table_args__ = (
-        UniqueConstraint("occurrence_id", "recipient_id"),
+        UniqueConstraint("occurrence_id", "recipient_id", "period"),
         # The dispatcher's claim: queued messages, highest priority first, then oldest.
         Index("ix_messages_claim", "state", "rank", "id"),
         Index("ix_messages_recipient_queued", "recipient_id", "queued_at"),
@@ -222,7 +229,10 @@ class Message(Base):
 
 
 class Attempt(Base):
-    """Every call to a provider, whatever came of it."""
+    """Every call to a provider, whatever came of it.
+
+    On PostgreSQL partitioned by month of `attempted_at`, its primary key (id, attempted_at)
+    (migration 0014); `id` alone stays the key here so SQLite keeps its rowid."""
 
     __tablename__ = "attempts"
 

@@ -159,6 +159,16 @@ class ConsoleSettings(BaseModel):
     login_window_minutes: float = Field(15.0, gt=0)
 
 
+class RetentionSettings(BaseModel):
+    """Monthly partitions and retention of messages and attempts (`pingan db prune`)."""
+
+    # Full months kept before the current one; older months are archived to
+    # <data dir>/archive/ and dropped by the service's daily job. 0 keeps everything.
+    months: int = Field(0, ge=0)
+    # Months of partitions the daily job keeps created ahead of the current one (PostgreSQL).
+    partitions_ahead: int = Field(3, ge=1, le=24)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PINGAN_",
@@ -213,6 +223,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     tencent: TencentSettings = Field(default_factory=TencentSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @field_validator("timezone")
     @classmethod

@@ -385,18 +385,26 @@ class QueuedMessage(NamedTuple):
     next_attempt_at: dt.datetime
 
 
-# The columns a queued message is written with: QueuedMessage's fields in order, then state
-# and attempts. The one list the executemany, the COPY and the INSERT … SELECT below share.
-QUEUED_COLUMNS = (*QueuedMessage._fields, "state", "attempts")
+# The columns a queued message is written with: QueuedMessage's fields in order, then state,
+# attempts and period. The one list the executemany, the COPY and the INSERT … SELECT below
+# share. `period` (the occurrence's month, one value per chunk) goes in as a literal written
+# by `_period_sql`, so the rows need no extra column.
+QUEUED_COLUMNS = (*QueuedMessage._fields, "state", "attempts", "period")
 _QUEUED_LIST = ", ".join(QUEUED_COLUMNS)
 # What a new message's state and attempts are, as SQL and as COPY values.
 _NEW_STATE_SQL = "'queued', 0"
 _NEW_STATE = ("queued", 0)
 _INSERT_QUEUED = (
     f"INSERT INTO messages ({_QUEUED_LIST}) "
-    f"VALUES ({', '.join(['?'] * len(QueuedMessage._fields))}, {_NEW_STATE_SQL}) "
-    "ON CONFLICT (occurrence_id, recipient_id) DO NOTHING"
+    f"VALUES ({', '.join(['?'] * len(QueuedMessage._fields))}, {_NEW_STATE_SQL}, {{period}}) "
+    "ON CONFLICT (occurrence_id, recipient_id, period) DO NOTHING"
 )
+
+
+def _period_sql(period: dt.date) -> str:
+    """A message period as SQL text: a date this code computed, never user input."""
+    assert type(period) is dt.date
+    return f"'{period.isoformat()}'"
 
 
 _CHECKPOINT_PAGES = 10_000
@@ -439,6 +447,7 @@ def write_capped_chunk(
     expect_cursor: int,
     cursor: int,
     excluded: dict[str, int],
+    period: dt.date,
     room: int | None = None,
 ) -> ChunkWritten:
     """Queue one chunk within the weekly cap and advance the occurrence, in one transaction.
@@ -460,6 +469,7 @@ def write_capped_chunk(
         expect_cursor=expect_cursor,
         cursor=cursor,
         excluded=excluded,
+        period=period,
         room=room,
     )
 
@@ -473,6 +483,7 @@ def write_capped_rows(
     expect_cursor: int,
     cursor: int,
     excluded: dict[str, int],
+    period: dt.date,
     room: int | None = None,
 ) -> ChunkWritten:
     """`write_capped_chunk` for rows already in storage form, in `QueuedMessage`'s column
@@ -510,9 +521,9 @@ def write_capped_rows(
                     total[reason] = total.get(reason, 0) + 1
             keep = kept
         if keep and s.get_bind().dialect.name == "postgresql":
-            _copy_queued(s, keep)
+            _copy_queued(s, keep, period)
         else:
-            executemany(s, _INSERT_QUEUED, keep)
+            executemany(s, _INSERT_QUEUED.format(period=_period_sql(period)), keep)
         s.execute(
             update(Occurrence)
             .where(Occurrence.id == occurrence_id)
@@ -524,13 +535,13 @@ def write_capped_rows(
 _COPY_QUEUED = f"COPY messages ({_QUEUED_LIST}) FROM STDIN"
 
 
-def _copy_queued(s: Session, rows: Sequence[tuple[Any, ...]]) -> None:
+def _copy_queued(s: Session, rows: Sequence[tuple[Any, ...]], period: dt.date) -> None:
     """COPY a chunk into messages inside the session's transaction (PostgreSQL's ceiling)."""
     raw = s.connection().connection.driver_connection
     assert raw is not None
     with raw.cursor() as cur, cur.copy(_COPY_QUEUED) as copy:
         for r in rows:
-            copy.write_row((*r, *_NEW_STATE))
+            copy.write_row((*r, *_NEW_STATE, period))
 
 
 class ChunkSummary(NamedTuple):
@@ -608,6 +619,7 @@ def write_capped_select(
     expect_cursor: int,
     cursor: int,
     excluded: dict[str, int],
+    period: dt.date,
 ) -> ChunkWritten:
     """`write_capped_rows` as one `INSERT … SELECT` for a template with no per-recipient
     variable: the database reads, filters and writes the chunk without a row crossing into
@@ -645,7 +657,8 @@ def write_capped_select(
                 f"WITH b(town_id, village_id, body_id, segments) AS (VALUES {places}) "
                 f"INSERT INTO messages ({_QUEUED_LIST}) "
                 f"SELECT {p}, r.id, r.phone, r.town_id, r.village_id, r.carrier, b.body_id, "
-                f"b.segments, {p}, {p}, {p}, {_NEW_STATE_SQL} FROM recipients r "
+                f"b.segments, {p}, {p}, {p}, {_NEW_STATE_SQL}, {_period_sql(period)} "
+                "FROM recipients r "
                 "JOIN b ON b.town_id = r.town_id AND b.village_id = r.village_id "
                 f"WHERE r.id > {p} AND r.id <= {p} "
                 "AND NOT EXISTS (SELECT 1 FROM opt_outs o WHERE o.phone = r.phone)"
@@ -654,7 +667,7 @@ def write_capped_select(
                 # with the cursor just checked, no other expansion writes this chunk, so a
                 # conflict cannot happen and would fail the chunk rather than duplicate a
                 # message; ON CONFLICT's speculative insertion costs every row.
-                + ("" if pg else " ON CONFLICT (occurrence_id, recipient_id) DO NOTHING")
+                + ("" if pg else " ON CONFLICT (occurrence_id, recipient_id, period) DO NOTHING")
             )
             result = s.connection().exec_driver_sql(sql, tuple(params))
             # sqlite3 reports no rowcount for a statement that starts with WITH.

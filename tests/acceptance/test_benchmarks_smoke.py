@@ -6,6 +6,7 @@ the scripts' full-size figures live in benchmarks/README.md.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -144,3 +145,34 @@ def test_benchmark_runs_on_postgres(
     out = _run([f"benchmarks/{script}", *args, "--database-url", PG_URL], tmp_path)
     assert expect in out
     assert "PostgreSQL" in out or script == "bench_reconcile.py"
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not PG_URL, reason="no PostgreSQL server (set PINGAN_TEST_POSTGRES_URL)")
+def test_province_benchmark_runs_on_postgres(tmp_path: Path) -> None:
+    """Expansion and three dispatcher processes on a partitioned scratch database: every
+    message reaches the fake once, and the figures the README's paragraph uses are printed."""
+    out = _run(
+        [
+            "benchmarks/bench_province.py",
+            "--database-url",
+            PG_URL,
+            "--recipients",
+            "600",
+            "--workers",
+            "3",
+            "--latency-ms",
+            "5",
+            "--json",
+        ],
+        tmp_path,
+    )
+    figures = json.loads(out)
+    assert figures["queued"] == figures["fake_created"] == 600
+    assert figures["fake_duplicates"] == 0
+    assert figures["dispatch_exit_codes"] == [0, 0, 0]
+    assert "messages_p2022_10" in figures["partitions"]
+    assert figures["messages_bytes"] > 0 and len(figures["dispatch_rss_mb"]) == 3
+    # October's messages; their attempts were made at the real clock, in this month.
+    assert figures["pruned_rows"] == 600
+    assert "messages_p2022_10" in figures["partitions_dropped"]

@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from scheduler.db import transaction
 from scheduler.models import Message, MessageBody, MessageState, Occurrence
 from scheduler.store.counters import CounterIncrement, bump_counters, local_day
+from scheduler.store.retention import period_of
 
 ROOT = Path(__file__).resolve().parents[2]
 TZ = ZoneInfo("Asia/Shanghai")
@@ -150,6 +151,7 @@ def _send(engine: Engine, sends: list[tuple[dt.datetime, str, str, str]], batch:
                     state=MessageState.SENT,
                     queued_at=at,
                     sent_at=at,
+                    period=period_of(at, TZ),
                 )
             )
             bump_counters(s, [CounterIncrement(local_day(at, TZ), town, village, carrier, sent=1)])

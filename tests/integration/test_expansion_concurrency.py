@@ -23,6 +23,7 @@ from scheduler.models import Message, Occurrence, OccurrenceState, OptOut
 from scheduler.planner import Firing
 from scheduler.settings import Settings
 from scheduler.store import outbox
+from scheduler.store.retention import period_of
 from tests.factories import add_recipients
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -240,6 +241,7 @@ def test_a_chunk_is_written_only_by_the_expansion_that_holds_its_cursor(
         expect_cursor=0,
         cursor=10,
         excluded={"opted_out": 1},
+        period=period_of(MONDAY, TZ),
     )
     assert (first.written, first.stale) == (10, False)
     # A second expander that read the occurrence at cursor 0 writes nothing.
@@ -251,6 +253,7 @@ def test_a_chunk_is_written_only_by_the_expansion_that_holds_its_cursor(
         expect_cursor=0,
         cursor=10,
         excluded={"opted_out": 1},
+        period=period_of(MONDAY, TZ),
     )
     assert (second.written, second.stale) == (0, True)
     # Another occurrence the same week: residents 1-10 are at the cap of 1, 11-15 are not;
@@ -263,6 +266,7 @@ def test_a_chunk_is_written_only_by_the_expansion_that_holds_its_cursor(
         expect_cursor=0,
         cursor=15,
         excluded={},
+        period=period_of(MONDAY, TZ),
         room=3,
     )
     assert third.written == 3

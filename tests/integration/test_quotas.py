@@ -34,6 +34,7 @@ from scheduler.quotas import (
     windows_overlapping,
 )
 from scheduler.store.counters import CounterIncrement, bump_counters, local_day, rebuild_counters
+from scheduler.store.retention import period_of
 
 ROOT = Path(__file__).resolve().parents[2]
 TZ = ZoneInfo("Asia/Shanghai")
@@ -446,6 +447,7 @@ class History:
                 state=MessageState.SENT,
                 queued_at=at,
                 sent_at=at,
+                period=period_of(at, TZ),
             )
             s.add(msg)
             s.flush()
