@@ -181,7 +181,7 @@ class UnfinishedMessages(Exception):
 
 @dataclass
 class MonthPruned:
-    """What pruning one month did (or, in a dry run, would do)."""
+    """What pruning one month did (or, when only previewing, would do)."""
 
     month: str
     messages: int = 0
