@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from scheduler.core import Core
-from scheduler.settings import Settings, TwilioSettings
+from scheduler.settings import AliyunSettings, Settings, TwilioSettings
 from scheduler.web import create_app
 from tests.conftest import ROOT
 
@@ -51,6 +51,7 @@ def test_every_operation_answers_within_its_schema(tmp_path: Path, mode: Generat
             log_format="json",
             api_tokens=SecretStr(f"fuzzer={TOKEN}"),
             twilio=TwilioSettings(account_sid="AC1", auth_token=SecretStr("webhook-secret")),
+            aliyun=AliyunSettings(webhook_token=SecretStr("webhook-secret")),
         )
     )
     try:
