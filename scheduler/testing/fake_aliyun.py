@@ -582,6 +582,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--receipt-url", default=None, help="push receipts here (SmsReport)")
+    parser.add_argument("--reply-url", default=None, help="where push_reply posts (SmsUp)")
     parser.add_argument("--throttle", type=float, default=0.0, help="share of Throttling.User")
     parser.add_argument("--fail-500", type=float, default=0.0, help="share of 500 after accepting")
     parser.add_argument("--timeouts", type=float, default=0.0, help="share of no answer in time")
@@ -605,6 +606,7 @@ def main() -> None:
             daily_limit=args.daily_limit,
             unapproved_templates=set(args.unapproved_template),
             receipt_url=args.receipt_url,
+            reply_url=args.reply_url,
             hold_after=args.hold_after,
             latency_ms=args.latency_ms,
         )
