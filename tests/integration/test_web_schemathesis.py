@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from scheduler.core import Core
-from scheduler.settings import Settings, TencentSettings, TwilioSettings
+from scheduler.settings import AliyunSettings, Settings, TencentSettings, TwilioSettings
 from scheduler.web import create_app
 from tests.conftest import ROOT
 
@@ -52,6 +52,7 @@ def test_every_operation_answers_within_its_schema(tmp_path: Path, mode: Generat
             api_tokens=SecretStr(f"fuzzer={TOKEN}"),
             twilio=TwilioSettings(account_sid="AC1", auth_token=SecretStr("webhook-secret")),
             tencent=TencentSettings(webhook_token=SecretStr("webhook-secret")),
+            aliyun=AliyunSettings(webhook_token=SecretStr("webhook-secret")),
         )
     )
     try:
