@@ -18,7 +18,8 @@ number a daily limit (isv.DAY_LIMIT_CONTROL), numbers that are not mobile number
 
 Run in a thread (`running_fake_aliyun`) or as its own process:
     python -m scheduler.testing.fake_aliyun --port 8766 --receipt-url URL --latency-ms 20
-with GET /_fake/stats for its counters (and POST /_fake/release to end a --hold-after).
+with GET /_fake/stats for its counters, POST /_fake/release to end a --hold-after, and POST
+/_fake/reply {"phone", "content"} to push a resident's reply to --reply-url.
 """
 
 from __future__ import annotations
@@ -557,6 +558,11 @@ class _Handler(BaseHTTPRequestHandler):
             state.released.set()
             self._send(200, state.stats())
             return
+        if url.path == "/_fake/reply":  # a resident replies: {"phone": …, "content": …}
+            asked = _json(raw, {})
+            code = state.push_reply(str(asked.get("phone", "")), str(asked.get("content", "")))
+            self._send(200, {"pushed": code})
+            return
         query = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
         form = {k: v[0] for k, v in urllib.parse.parse_qs(raw, keep_blank_values=True).items()}
         state.delay()
@@ -582,6 +588,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--receipt-url", default=None, help="push receipts here (SmsReport)")
+    parser.add_argument(
+        "--reply-url", default=None, help="where POST /_fake/reply pushes a reply (SmsUp)"
+    )
     parser.add_argument("--throttle", type=float, default=0.0, help="share of Throttling.User")
     parser.add_argument("--fail-500", type=float, default=0.0, help="share of 500 after accepting")
     parser.add_argument("--timeouts", type=float, default=0.0, help="share of no answer in time")
@@ -605,6 +614,7 @@ def main() -> None:
             daily_limit=args.daily_limit,
             unapproved_templates=set(args.unapproved_template),
             receipt_url=args.receipt_url,
+            reply_url=args.reply_url,
             hold_after=args.hold_after,
             latency_ms=args.latency_ms,
         )

@@ -122,6 +122,10 @@ def test_every_api_route_carries_the_guard(core: Core) -> None:
     assert others == {
         "/webhooks/twilio/status",
         "/webhooks/twilio/inbound",
+        "/webhooks/aliyun/status",
+        "/webhooks/aliyun/inbound",
+        "/webhooks/tencent/status",
+        "/webhooks/tencent/reply",
         "/healthz",
         "/metrics",
         "/docs",
