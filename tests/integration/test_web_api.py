@@ -124,6 +124,8 @@ def test_every_api_route_carries_the_guard(core: Core) -> None:
         "/webhooks/twilio/inbound",
         "/webhooks/aliyun/status",
         "/webhooks/aliyun/inbound",
+        "/webhooks/tencent/status",
+        "/webhooks/tencent/reply",
         "/healthz",
         "/metrics",
         "/docs",
