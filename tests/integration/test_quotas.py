@@ -709,3 +709,26 @@ def test_select_windows_and_overlap(repo_district: District) -> None:
     weekly = find_rule(rules, "town-weekly-oct")
     nov = windows_overlapping(weekly, dt.date(2022, 11, 1), dt.date(2022, 11, 30))
     assert [w.label for w in nov] == ["2022-W44"]
+
+
+def test_rules_file_edits_count_at_once_despite_the_parse_cache(
+    tmp_path: Path, repo_district: District
+) -> None:
+    """load_rules keeps parsed rules while the file's bytes are unchanged: an edit (even one
+    of the same length, within the same clock tick) is read on the next call."""
+    src = (ROOT / "config" / "quotas.yaml").read_text("utf-8")
+    path = tmp_path / "quotas.yaml"
+    path.write_text(src, encoding="utf-8")
+    first = load_rules(tmp_path, repo_district)
+    again = load_rules(tmp_path, repo_district)
+    assert [r.id for r in again] == [r.id for r in first]
+    weekly = next(r for r in first if r.id == "town-weekly-oct")
+    assert weekly.share == Decimal("0.5")
+    path.write_text(src.replace("share: 50%", "share: 60%", 1), encoding="utf-8")
+    edited = next(r for r in load_rules(tmp_path, repo_district) if r.id == "town-weekly-oct")
+    assert edited.share == Decimal("0.6")
+    path.write_text(src.replace("share: 50%", "share: 150%", 1), encoding="utf-8")
+    with pytest.raises(ConfigError):
+        load_rules(tmp_path, repo_district)
+    path.unlink()
+    assert load_rules(tmp_path, repo_district) == []
