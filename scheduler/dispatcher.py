@@ -127,7 +127,8 @@ class _Schedule:
             fresh = ratelimits.reserve(d.engine, needs, d.limits, now=time.time())
             for j, t in zip(rest, fresh, strict=True):
                 self.times[j] = t
-        log.debug("dispatch.rate_late", messages=len(rest), late=round(time.time() - seen, 3))
+        late_ms = int((time.time() - seen) * 1000)
+        log.debug("dispatch.rate_late", messages=len(rest), late_ms=late_ms)
 
 
 @dataclass
