@@ -128,7 +128,8 @@ class _Schedule:
             fresh = ratelimits.reserve(d.engine, needs, d.limits, now=time.time())
             for j, t in zip(rest, fresh, strict=True):
                 self.times[j] = t
-        log.debug("dispatch.rate_late", messages=len(rest), late=round(time.time() - seen, 3))
+        late_ms = int((time.time() - seen) * 1000)
+        log.debug("dispatch.rate_late", messages=len(rest), late_ms=late_ms)
 
 
 @dataclass
@@ -169,12 +170,18 @@ class Dispatcher:
         # A provider that talks to no carrier (a rehearsal) says so: it is not slowed down.
         self.rate_limited = provider.paced
         self.limits = Limits(self.cfg.rate_per_second, dict(self.cfg.segment_rate_by_carrier))
-        # Under a rate limit the workers' batches together hold about two seconds of sends, so
-        # they share the limit's seconds instead of one reserving far ahead.
+        # Under a rate limit a batch's sends fit well inside its hand-over deadline (a quarter
+        # of stale_sending_seconds), and several workers' batches together hold about two
+        # seconds of sends, so they share the limit's seconds instead of one reserving ahead.
         self.batch_size = self.cfg.batch_size
         if self.rate_limited:
-            share = math.ceil(self.cfg.rate_per_second * 2 / self.cfg.workers)
-            self.batch_size = min(self.cfg.batch_size, max(self.cfg.concurrency, share))
+            rate = self.cfg.rate_per_second
+            if self.cfg.stale_sending_seconds > 0:
+                cap = math.ceil(rate * self.cfg.stale_sending_seconds / 4)
+                self.batch_size = min(self.batch_size, max(self.cfg.concurrency, cap))
+            if self.cfg.workers > 1:
+                share = math.ceil(rate * 2 / self.cfg.workers)
+                self.batch_size = min(self.batch_size, max(self.cfg.concurrency, share))
         self._optout_lock = threading.Lock()
         self._optout_checked = 0.0
         self._batch_phones: set[str] = set()
@@ -292,7 +299,10 @@ class Dispatcher:
         """Claim a batch, reserve its seconds under the rate limits and hand it to the send
         threads, in the order of those seconds; returns without waiting for the sends."""
         stats = DispatchStats()
-        batch = delivery.claim_batch(self.engine, now=self.clock(), limit=self.batch_size)
+        busy = {c.phone for b in self._in_flight for c in b.claimed}
+        batch = delivery.claim_batch(
+            self.engine, now=self.clock(), limit=self.batch_size, exclude_phones=busy
+        )
         claimed = batch.claimed
         stats.cancelled = batch.cancelled
         if not claimed:

@@ -8,7 +8,7 @@ crash leaves it visible for reconciliation rather than lost. On PostgreSQL the c
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -130,8 +130,14 @@ def claim_due(engine: Engine, *, now: dt.datetime, limit: int) -> list[Claimed]:
     return claim_batch(engine, now=now, limit=limit).claimed
 
 
-def claim_batch(engine: Engine, *, now: dt.datetime, limit: int) -> ClaimResult:
+def claim_batch(
+    engine: Engine, *, now: dt.datetime, limit: int, exclude_phones: Collection[str] = ()
+) -> ClaimResult:
     """Claim the next `limit` due queued messages; opted-out ones among them are cancelled.
+
+    `exclude_phones`: numbers whose earlier message this dispatcher still has in flight are
+    left for a later claim, so a refusal recorded for that message (an opt-out) cancels them
+    before they are ever claimed.
 
     One statement: the due rows (locked, skipping rows another dispatcher holds, on
     PostgreSQL), each flagged by whether its number is in opt_outs, in a CTE; the same UPDATE
@@ -152,6 +158,8 @@ def claim_batch(engine: Engine, *, now: dt.datetime, limit: int) -> ClaimResult:
             .order_by(Message.rank, Message.id)
             .limit(limit)
         )
+        if exclude_phones:
+            due = due.where(Message.phone.not_in(list(exclude_phones)))
         if conn.dialect.name == "postgresql":
             due = due.with_for_update(of=Message, skip_locked=True)
         due_cte = due.cte("due")
