@@ -181,7 +181,7 @@ class UnfinishedMessages(Exception):
 
 @dataclass
 class MonthPruned:
-    """What pruning one month did (or, when only previewing, would do)."""
+    """What pruning one month did (or, with dry_run, would do)."""
 
     month: str
     messages: int = 0
