@@ -139,12 +139,20 @@ def rebuild_rollups(session: Session) -> None:
 
 
 def rebuild_counters(session: Session, tz: ZoneInfo, *, batch: int = 10_000) -> int:
-    """Recompute every counter and roll-up from the messages (after a restore or a manual fix):
+    """Recompute the counters and roll-ups from the messages (after a restore or a manual fix):
     sent counts messages with a sent_at, delivered those in state delivered. Returns the fine
-    rows written. Messages are summed as they stream, so memory follows the counters' size."""
-    session.execute(delete(SendCounter))
-    session.execute(delete(TownDayCounter))
-    session.execute(delete(CarrierDayCounter))
+    rows written. Messages are summed as they stream, so memory follows the counters' size.
+
+    Only days from the earliest send still in `messages` are rebuilt: the counters are the
+    only record quotas and reports keep of months `pingan db prune` archived and dropped, so
+    days before that are left as they are."""
+    first = session.execute(select(func.min(Message.sent_at))).scalar()
+    if first is None:
+        return 0
+    since = local_day(first, tz)
+    session.execute(delete(SendCounter).where(SendCounter.day >= since))
+    session.execute(delete(TownDayCounter).where(TownDayCounter.day >= since))
+    session.execute(delete(CarrierDayCounter).where(CarrierDayCounter.day >= since))
     stmt = (
         select(Message.sent_at, Message.town_id, Message.village_id, Message.carrier, Message.state)
         .where(Message.sent_at.is_not(None))

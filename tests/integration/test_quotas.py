@@ -10,7 +10,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, delete, select, update
 
 from scheduler.config import District, load_district
 from scheduler.db import transaction
@@ -693,6 +693,21 @@ def test_rebuild_counters_matches_the_bumped_ones(engine: Engine) -> None:
         assert rebuild_counters(s, TZ) == 2
     assert snapshot() == before
     assert [r[0] for r in before] == [dt.date(2022, 10, 31), dt.date(2022, 11, 1)]
+
+
+def test_rebuild_counters_keeps_the_days_of_pruned_months(engine: Engine) -> None:
+    """Counters are the only record of a pruned month: a rebuild leaves days before the
+    earliest send still in `messages` alone."""
+    h = History(engine)
+    h.send(local(2022, 9, 20, 9), "a", delivered=True)
+    h.send(local(2022, 10, 10, 9), "a", delivered=True)
+    with transaction(engine) as s:
+        s.execute(delete(Message).where(Message.sent_at < local(2022, 10, 1, 0)))
+    with transaction(engine) as s:
+        assert rebuild_counters(s, TZ) == 1
+    with engine.connect() as conn:
+        days = [r[0] for r in conn.execute(select(SendCounter.day).order_by(SendCounter.day))]
+    assert days == [dt.date(2022, 9, 20), dt.date(2022, 10, 10)]
 
 
 def test_select_windows_and_overlap(repo_district: District) -> None:
