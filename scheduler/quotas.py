@@ -13,7 +13,7 @@ import enum
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -149,7 +149,11 @@ MEASURE_LABELS: dict[str, str] = {k: m.label for k, m in MEASURES.items()}
 def _share(value: Any) -> Any:
     """Accept `0.08`, `"8%"` or `"0.08"`; floats go through str so 0.08 stays exactly 0.08."""
     if isinstance(value, str) and value.strip().endswith("%"):
-        return Decimal(value.strip()[:-1].strip()) / 100
+        try:
+            return Decimal(value.strip()[:-1].strip()) / 100
+        except InvalidOperation:
+            # A ValueError, so pydantic reports it with the file, line and field.
+            raise ValueError(f"not a share: {value!r} (write 0.08 or 8%)") from None
     if isinstance(value, float):
         return Decimal(str(value))
     return value

@@ -92,6 +92,17 @@ def test_a_typo_in_a_template_name_is_named_with_its_line_and_the_near_miss(
     }
 
 
+def test_a_malformed_share_is_named_with_its_line_not_a_traceback(
+    tmp_path: Path, config: Path
+) -> None:
+    line = edit(config / "quotas.yaml", "    share: 50%\n", "    share: 5x%\n")
+    rc, out, err = check(tmp_path, config)
+    assert rc == 1
+    assert "Traceback" not in out + err
+    assert f"{config / 'quotas.yaml'}:{line}: rules[0].share: " in out
+    assert "not a share: '5x%'" in out
+
+
 def test_an_unapproved_template_is_reported_against_the_campaign(
     tmp_path: Path, config: Path, templates: Path
 ) -> None:
