@@ -181,7 +181,7 @@ def towns() -> list[dict[str, Any]]:
             ("village",),
         ),
         (("quota", "targets", "--rule", "town-weekly-oct"), ("id", "name")),
-        (("delivery", "stats", "--by", "town"), ("id", "name")),
+        (("delivery", "stats", "--by", "town"), ("id",)),
         (("recipients", "stats"), ("id", "name")),
     ],
 )
@@ -205,3 +205,6 @@ def test_a_wide_terminal_keeps_the_boxed_table(loaded: Path) -> None:
     assert "┃ town" in done.stdout
     for name in ("baiguan", "huanghu"):
         assert re.search(rf"│ {name} +│", done.stdout)
+    # Wide enough for the town's Chinese name beside its id.
+    assert "┃ name" in done.stdout
+    assert re.search(r"│ baiguan +│ 百官街道 +│", done.stdout)
