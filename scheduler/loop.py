@@ -25,6 +25,7 @@ from typing import Any
 
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
 from scheduler.core import Core
 from scheduler.expansion import ExpansionResult, describe, masked_traceback
@@ -37,6 +38,7 @@ QUOTA_CHECK_JOB = "_quota_check"
 MONTHLY_REPORT_JOB = "_monthly_report"
 REPORT_TIME = dt.time(7, 30)
 PARTITIONS_JOB = "_partitions"
+RECEIPTS_JOB = "_receipts"
 # At night, outside any sending hours: creating a partition briefly locks the table.
 PARTITIONS_TIME = dt.time(3, 10)
 
@@ -98,6 +100,14 @@ class Loop:
                 Loop.due_report,
             )
         )
+        if self._pulls_receipts():
+            table.append(
+                Job(
+                    RECEIPTS_JOB,
+                    IntervalTrigger(minutes=settings.dispatch.receipt_pull_minutes, timezone=tz),
+                    Loop.receipts,
+                )
+            )
         table.append(
             Job(
                 PARTITIONS_JOB,
@@ -178,6 +188,40 @@ class Loop:
         if done.created or pruned:
             log.info("job.partitions", created=list(done.created), pruned=pruned)
         return done
+
+    def _pulls_receipts(self) -> bool:
+        """A real provider's receipts can go missing; a rehearsal settles every message at
+        once and has nothing to pull."""
+        from scheduler.providers.registry import provider_class
+
+        settings = self.core.settings
+        if settings.dispatch.receipt_pull_minutes <= 0:
+            return False
+        return not provider_class(settings.provider).settles_at_once
+
+    def receipts(self) -> Any:
+        """Every few minutes: receipts pulled for messages no push has settled."""
+        from scheduler.providers import make_provider
+        from scheduler.receipts import pull_receipts
+
+        if self.core.stop.is_set():
+            return None
+        every = dt.timedelta(minutes=self.core.settings.dispatch.receipt_pull_minutes)
+        try:
+            provider = make_provider(self.core.settings)
+            try:
+                return pull_receipts(
+                    self.core,
+                    provider,
+                    older_than=every,
+                    recheck_after=every,
+                    limit=self.core.settings.dispatch.receipt_pull_batch,
+                )
+            finally:
+                provider.close()
+        except Exception as exc:
+            log.error("job.receipts_failed", error=describe(exc))
+            return None
 
     def catch_up(self) -> list[ExpansionResult]:
         """At (re)start: fire what was missed while down, within grace; resume expansions."""

@@ -125,6 +125,11 @@ class DispatchSettings(BaseModel):
     # Dispatcher processes (`pingan dispatch --workers`, the service's own dispatcher); the
     # rate limits hold across them (rate_slots). More than one needs PostgreSQL.
     workers: int = Field(1, ge=1)
+    # Every N minutes the service asks the provider about messages still `sent` N minutes
+    # after sending (a push that never reached an intranet), at most `receipt_pull_batch` a
+    # time; 0 turns the pull off (pushes only).
+    receipt_pull_minutes: float = Field(10.0, ge=0)
+    receipt_pull_batch: int = Field(2000, ge=1)
 
 
 class AlertSettings(BaseModel):

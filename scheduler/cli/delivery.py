@@ -19,6 +19,8 @@ from scheduler.cli.common import (
     core,
     err_console,
     print_json,
+    progress_bar,
+    show_progress,
     table,
 )
 
@@ -157,6 +159,40 @@ def _progress(c: Core, show: bool) -> Iterator[Callable[[DispatchStats], None] |
             bar.update(task, completed=done, sent=stats.sent, failed=stats.failed, rate=rate)
 
         yield update
+
+
+@app.command("pull")
+def pull(
+    ctx: typer.Context,
+    older_than: float = typer.Option(
+        0.0,
+        "--older-than",
+        min=0,
+        help="Only messages sent at least this many seconds ago.",
+    ),
+    limit: int = typer.Option(
+        10_000, "--limit", min=1, help="At most this many messages looked up in this run."
+    ),
+    fmt: OutputFormat = FORMAT_OPTION,
+) -> None:
+    """Pull delivery receipts from the provider for messages still `sent` (no receipt pushed):
+    for an intranet the gateway's pushes cannot reach, from cron. The service does this by
+    itself every PINGAN_DISPATCH__RECEIPT_PULL_MINUTES."""
+    from scheduler.services.delivery import pull_receipts
+
+    c = core(ctx)
+    with progress_bar("pulling receipts", show=show_progress(fmt)) as on_progress:
+        result = pull_receipts(
+            c, older_than_seconds=older_than, limit=limit, on_progress=on_progress
+        )
+    data = result.to_dict()
+    if fmt == OutputFormat.json:
+        print_json(data)
+        return
+    console.print(
+        f"looked up {data['looked_up']}: {data['applied']} settled, "
+        f"{data['not_final']} not final yet, {data['errors']} not answered"
+    )
 
 
 @app.command("stats")

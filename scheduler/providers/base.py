@@ -214,6 +214,9 @@ class Provider(abc.ABC):
     max_batch: int = 1
     # Held to the dispatch rate limits (a real carrier is; a rehearsal need not be).
     paced: bool = True
+    # Every outcome is known when the send returns (a rehearsal): no receipt to wait for, so
+    # the service never pulls receipts from it.
+    settles_at_once: ClassVar[bool] = False
     # Sends a registered template code and parameters, not our text (aliyun, tencent): the
     # gateway adds the signature itself, and `pingan check` verifies the code mappings.
     uses_templates: ClassVar[bool] = False

@@ -83,6 +83,7 @@ _SIMULATED_CODE = {
 
 class DryRunProvider(Provider):
     name = "dryrun"
+    settles_at_once = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DryRunProvider:

@@ -266,6 +266,47 @@ def stuck_sending(
     return [(Claimed(*r[:9]), r[9]) for r in rows]
 
 
+def awaiting_receipt(
+    engine: Engine,
+    *,
+    provider: str,
+    sent_before: dt.datetime,
+    checked_before: dt.datetime,
+    limit: int,
+) -> list[tuple[Claimed, dt.datetime]]:
+    """Messages the provider took (`sent`) but no receipt has settled, sent before
+    `sent_before` and not looked up since `checked_before`, least recently looked up first,
+    with their send time (a look-up's lower bound)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(*_CLAIMED, Message.sent_at)
+            .where(
+                Message.state == MessageState.SENT,
+                Message.provider == provider,
+                Message.sent_at < sent_before,
+                Message.status_at < checked_before,
+            )
+            .order_by(Message.status_at, Message.id)
+            .limit(limit)
+        ).all()
+    # The query asks for sent_at < sent_before, so it is never None here.
+    return [(Claimed(*r[:9]), r[9]) for r in rows if r[9] is not None]
+
+
+def mark_looked_up(engine: Engine, ids: Iterable[int], *, now: dt.datetime) -> None:
+    """Note a look-up that settled nothing (status_at), so the next pull takes others first;
+    only messages still `sent` (a receipt that landed meanwhile keeps its own time)."""
+    wanted = list(ids)
+    if not wanted:
+        return
+    with transaction(engine) as s:
+        s.execute(
+            update(Message)
+            .where(Message.id.in_(wanted), Message.state == MessageState.SENT)
+            .values(status_at=now)
+        )
+
+
 _SENT_STATES = frozenset({MessageState.SENT, MessageState.DELIVERED, MessageState.UNDELIVERED})
 
 

@@ -64,10 +64,12 @@ MESSAGES = {
 
 @dataclass
 class FakeConfig:
-    secret_id: str = SECRET_ID
-    secret_key: str = SECRET_KEY
-    sdk_app_id: str = SDK_APP_ID
-    sign_name: str = SIGN_NAME
+    # None: accept whatever the client sends (the command line's default, so an office's
+    # rehearsal works with its own settings); the tests pin them to check what the SDK sends.
+    secret_id: str | None = SECRET_ID
+    secret_key: str | None = SECRET_KEY
+    sdk_app_id: str | None = SDK_APP_ID
+    sign_name: str | None = SIGN_NAME
     # Share of SendSms calls answered RequestLimitExceeded (nothing sent).
     throttle: float = 0.0
     # Sends a number takes per (Beijing) day; later ones get LimitExceeded.PhoneNumberDailyLimit.
@@ -247,9 +249,9 @@ class FakeTencent:
             raise ApiError("MissingParameter")
         if len(phones) > MAX_NUMBERS:
             raise ApiError("LimitExceeded.PhoneNumberCountLimit")
-        if params.get("SmsSdkAppId") != c.sdk_app_id:
+        if c.sdk_app_id is not None and params.get("SmsSdkAppId") != c.sdk_app_id:
             raise ApiError("InvalidParameterValue.SdkAppIdNotExist")
-        if params.get("SignName") != c.sign_name:
+        if c.sign_name is not None and params.get("SignName") != c.sign_name:
             raise ApiError("FailedOperation.SignatureIncorrectOrUnapproved")
         if "*" in c.unapproved_templates or str(template) in c.unapproved_templates:
             raise ApiError("FailedOperation.TemplateIncorrectOrUnapproved")
@@ -274,7 +276,8 @@ class FakeTencent:
                 if code == "Ok":
                     serial = f"2019:{self.rng.getrandbits(64):020d}"
                     final = "FAIL" if self.rng.random() < c.undelivered_share else "SUCCESS"
-                    sms = FakeSms(serial, phone, str(template), values, c.sign_name, session, now)
+                    sign = str(params.get("SignName", ""))
+                    sms = FakeSms(serial, phone, str(template), values, sign, session, now)
                     sms.final = final
                     self.messages[serial] = sms
                     self.order.append(serial)
@@ -299,7 +302,8 @@ class FakeTencent:
     def pull_by_number(self, params: dict[str, Any]) -> dict[str, Any]:
         phone = params.get("PhoneNumber")
         begin = params.get("BeginTime")
-        if not phone or begin is None or params.get("SmsSdkAppId") != self.config.sdk_app_id:
+        app = self.config.sdk_app_id
+        if not phone or begin is None or (app is not None and params.get("SmsSdkAppId") != app):
             raise ApiError("MissingParameter")
         end = int(params.get("EndTime") or time.time() + 1)
         offset = int(params.get("Offset") or 0)
@@ -376,7 +380,7 @@ class FakeTencent:
             "extend": "",
             "mobile": phone.removeprefix("+86"),
             "nationcode": "86",
-            "sign": self.config.sign_name,
+            "sign": self.config.sign_name or SIGN_NAME,
             "text": text,
             "time": int(time.time()),
         }
@@ -477,6 +481,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError("AuthFailure.SignatureFailure") from None
         if algorithm != "TC3-HMAC-SHA256" or parts.get("SignedHeaders") != "content-type;host":
             raise ApiError("AuthFailure.SignatureFailure")
+        if c.secret_id is None or c.secret_key is None:
+            return  # any key accepted: nothing to verify the signature against
         if secret_id != c.secret_id:
             raise ApiError("AuthFailure.SecretIdNotFound")
         canonical = (
@@ -564,9 +570,23 @@ def main() -> None:
     )
     parser.add_argument("--latency-ms", type=float, default=0.0, help="answer each send late")
     parser.add_argument("--jitter-ms", type=float, default=0.0, help="plus up to this much")
+    parser.add_argument(
+        "--secret-id", default=None, help="the only SecretId accepted (default: any)"
+    )
+    parser.add_argument("--secret-key", default=None, help="verify signatures with this key")
+    parser.add_argument(
+        "--sdk-app-id", default=None, help="the only SdkAppId accepted (default: any)"
+    )
+    parser.add_argument(
+        "--sign-name", default=None, help="the only signature accepted (default: any)"
+    )
     args = parser.parse_args()
     fake = FakeTencent(
         FakeConfig(
+            secret_id=args.secret_id,
+            secret_key=args.secret_key,
+            sdk_app_id=args.sdk_app_id,
+            sign_name=args.sign_name,
             throttle=args.throttle,
             daily_limit=args.daily_limit,
             fail_500_after_create=args.fail_500,
