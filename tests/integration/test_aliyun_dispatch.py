@@ -126,15 +126,16 @@ def test_three_dispatchers_drain_one_outbox_without_duplicates(core: Core) -> No
     n = 6000
     add_recipients(core.engine, core.district, n)
     assert core.planner().fire_scheduled(core.campaigns.get("weekly-antifraud"), MONDAY).queued == n
-    # One gateway call per claimed batch, each answered in 30 ms: one dispatcher alone would
-    # take seconds, so the three (started a second or two apart) each get a share.
-    with _fake("--latency-ms", "30") as base:
+    # One gateway call per claimed batch of 20, each answered in 100 ms: one dispatcher alone
+    # would take half a minute, so the three (started seconds apart on a loaded machine, each
+    # importing the application) each get a share.
+    with _fake("--latency-ms", "100") as base:
         env = _env(
             core,
             base,
             PINGAN_DISPATCH__RATE_PER_SECOND="100000",
             PINGAN_DISPATCH__CONCURRENCY="4",
-            PINGAN_DISPATCH__BATCH_SIZE="100",
+            PINGAN_DISPATCH__BATCH_SIZE="20",
         )
         workers = [
             subprocess.Popen(

@@ -129,12 +129,15 @@ def test_three_dispatchers_drain_one_outbox_without_duplicates(core: Core) -> No
     n = 3000
     add_recipients(core.engine, core.district, n)
     assert core.planner().fire_scheduled(core.campaigns.get("weekly-antifraud"), MONDAY).queued == n
-    fake, base = _start_fake("--latency-ms", "5")
+    # One SendSms per claimed batch of 20, each answered in 150 ms: one dispatcher alone would
+    # take over 20 s, so the three (started seconds apart on a loaded machine, each importing
+    # the application) each get a share, and their claims truly overlap.
+    fake, base = _start_fake("--latency-ms", "150")
     try:
         env = _env(
             core,
             base,
-            PINGAN_DISPATCH__BATCH_SIZE="200",
+            PINGAN_DISPATCH__BATCH_SIZE="20",
             PINGAN_DISPATCH__CONCURRENCY="2",
             PINGAN_DISPATCH__RATE_PER_SECOND="100000",
         )
