@@ -25,20 +25,10 @@ class TwilioSettings(BaseModel):
     timeout_seconds: float = 10.0
 
 
-class AliyunSettings(BaseModel):
-    """Alibaba Cloud SMS (issue 14): an AccessKey, the approved signature name (签名, without
-    【】) and, for tests, the fake's endpoint over http. Receipts and replies are pushed to
-    /webhooks/aliyun/status and /webhooks/aliyun/inbound with `?token=WEBHOOK_TOKEN`."""
+class PushGatewaySettings(BaseModel):
+    """What a gateway with unsigned receipt and reply pushes needs to trust them
+    (scheduler.providers.webhook_guard)."""
 
-    access_key_id: str = ""
-    access_key_secret: SecretStr = SecretStr("")
-    sign_name: str = ""
-    # host[:port] of the SMS API.
-    endpoint: str = "dysmsapi.aliyuncs.com"
-    protocol: Literal["https", "http"] = "https"
-    timeout_seconds: float = Field(10.0, gt=0)
-    # Numbers per SendBatchSms call (the API takes at most 100).
-    batch_size: int = Field(100, ge=1, le=100)
     # The pushes are unsigned: they must carry this token (query `token=`), else 403/503.
     webhook_token: SecretStr = SecretStr("")
     # Addresses or networks (CIDR) allowed to push; empty: any.
@@ -53,6 +43,22 @@ class AliyunSettings(BaseModel):
             except ValueError as exc:
                 raise ValueError(f"{item!r} is not an address or network (CIDR)") from exc
         return [item.strip() for item in value]
+
+
+class AliyunSettings(PushGatewaySettings):
+    """Alibaba Cloud SMS (issue 14): an AccessKey, the approved signature name (签名, without
+    【】) and, for tests, the fake's endpoint over http. Receipts and replies are pushed to
+    /webhooks/aliyun/status and /webhooks/aliyun/inbound with `?token=WEBHOOK_TOKEN`."""
+
+    access_key_id: str = ""
+    access_key_secret: SecretStr = SecretStr("")
+    sign_name: str = ""
+    # host[:port] of the SMS API.
+    endpoint: str = "dysmsapi.aliyuncs.com"
+    protocol: Literal["https", "http"] = "https"
+    timeout_seconds: float = Field(10.0, gt=0)
+    # Numbers per SendBatchSms call (the API takes at most 100).
+    batch_size: int = Field(100, ge=1, le=100)
 
 
 class DryRunSettings(BaseModel):
@@ -74,7 +80,7 @@ class DryRunSettings(BaseModel):
     rate_limited: bool = False
 
 
-class TencentSettings(BaseModel):
+class TencentSettings(PushGatewaySettings):
     """Tencent Cloud SMS (issue 14): an API key pair, the SMS application (SdkAppId), its
     approved signature name (签名, without 【】) and, for tests, the fake's endpoint over http.
     Receipts and replies are pushed to /webhooks/tencent/status and /webhooks/tencent/reply
@@ -92,20 +98,6 @@ class TencentSettings(BaseModel):
     # A look-up sees a message only once its carrier report exists: one that finds nothing
     # pulls again until this long after the send before concluding it was never sent.
     report_wait_seconds: float = Field(60.0, ge=0)
-    # The pushes are unsigned: they must carry this token (query `token=`), else 403/503.
-    webhook_token: SecretStr = SecretStr("")
-    # Addresses or networks (CIDR) allowed to push; empty: any.
-    webhook_allow_ips: list[str] = Field(default_factory=list)
-
-    @field_validator("webhook_allow_ips")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        for item in value:
-            try:
-                ipaddress.ip_network(item.strip(), strict=False)
-            except ValueError as exc:
-                raise ValueError(f"{item!r} is not an address or network (CIDR)") from exc
-        return [item.strip() for item in value]
 
 
 class DispatchSettings(BaseModel):

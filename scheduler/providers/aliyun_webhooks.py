@@ -13,11 +13,9 @@ A receipt names the call's OutId and the number, which make the message's provid
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Body, Depends
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict
 
@@ -31,10 +29,10 @@ from scheduler.providers.base import (
     InboundReply,
     ProviderEvents,
     StatusReport,
-    WebhookRefused,
 )
+from scheduler.providers.webhook_guard import REFUSALS, push_guard
 from scheduler.settings import Settings
-from scheduler.web.schemas import ErrorOut, Str32, Str64, Str1600, ValidationErrorOut
+from scheduler.web.schemas import Str32, Str64, Str1600
 
 log = get_logger("scheduler.providers.aliyun")
 # One push carries at most this many items (the gateway sends a few hundred at most).
@@ -80,12 +78,6 @@ Reports = Annotated[list[AliyunReport], Body(max_length=MAX_ITEMS)]
 Replies = Annotated[list[AliyunReply], Body(max_length=MAX_ITEMS)]
 OK = {"code": 0, "msg": "成功"}
 
-_REFUSALS: dict[int | str, dict[str, Any]] = {
-    403: {"model": ErrorOut, "description": "a missing or wrong token, or a refused address"},
-    422: {"model": ValidationErrorOut, "description": "not a JSON array of pushes"},
-    503: {"model": ErrorOut, "description": "no webhook token configured"},
-}
-
 
 def status_report(item: AliyunReport, errors: dict[str, ErrorInfo]) -> StatusReport | None:
     """The neutral receipt; None for a push without our OutId or with a malformed number."""
@@ -111,33 +103,11 @@ def status_report(item: AliyunReport, errors: dict[str, ErrorInfo]) -> StatusRep
 def aliyun_router(
     settings: Settings, events: ProviderEvents, errors: dict[str, ErrorInfo]
 ) -> APIRouter:
-    cfg = settings.aliyun
-    token = cfg.webhook_token.get_secret_value()
-    allowed = [ipaddress.ip_network(n, strict=False) for n in cfg.webhook_allow_ips]
     prefix = STATUS_PATH.rsplit("/", 1)[0]
-
-    def verify(request: Request) -> None:
-        """Run before the body is read: an untrusted push is refused whatever it holds."""
-        if not token:
-            raise WebhookRefused(
-                503, "未配置阿里云回执令牌 (PINGAN_ALIYUN__WEBHOOK_TOKEN)，不接受推送"
-            )
-        peer = request.client.host if request.client else ""
-        if allowed:
-            try:
-                address = ipaddress.ip_address(peer)
-            except ValueError:
-                address = None
-            if address is None or not any(address in net for net in allowed):
-                log.warning("webhook.refused_address", path=request.url.path)
-                raise WebhookRefused(403, "来源地址不在允许列表中")
-        given = request.query_params.get("token") or request.headers.get("X-Pingan-Token", "")
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            log.warning("webhook.bad_token", path=request.url.path)
-            raise WebhookRefused(403, "令牌无效")
+    verify = push_guard(settings.aliyun, setting="PINGAN_ALIYUN__WEBHOOK_TOKEN")
 
     router = APIRouter(
-        prefix=prefix, tags=["webhooks"], responses=_REFUSALS, dependencies=[Depends(verify)]
+        prefix=prefix, tags=["webhooks"], responses=REFUSALS, dependencies=[Depends(verify)]
     )
 
     @router.post(

@@ -10,11 +10,7 @@ is answered {"result": 0, "errmsg": "OK"}; applying a report twice changes nothi
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
-from typing import Any
-
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict
 
@@ -24,11 +20,11 @@ from scheduler.providers.base import (
     InboundReply,
     ProviderEvents,
     StatusReport,
-    WebhookRefused,
 )
 from scheduler.providers.tencent import STATUS, STATUS_PATH
+from scheduler.providers.webhook_guard import REFUSALS, push_guard
 from scheduler.settings import Settings
-from scheduler.web.schemas import ErrorOut, Str16, Str32, Str64, Str1600, ValidationErrorOut
+from scheduler.web.schemas import Str16, Str32, Str64, Str1600
 
 log = get_logger("scheduler.providers.tencent")
 DELIVERED = "DELIVRD"
@@ -82,46 +78,16 @@ def status_report(report: TencentReport, errors: dict[str, ErrorInfo]) -> Status
     )
 
 
-_REFUSALS: dict[int | str, dict[str, Any]] = {
-    403: {"model": ErrorOut, "description": "a missing or wrong token, or an address not allowed"},
-    422: {"model": ValidationErrorOut, "description": "an unreadable body, impossible values"},
-    503: {"model": ErrorOut, "description": "no webhook token configured"},
-}
-
-
 def tencent_router(
     settings: Settings, events: ProviderEvents, errors: dict[str, ErrorInfo]
 ) -> APIRouter:
-    cfg = settings.tencent
-    secret = cfg.webhook_token.get_secret_value()
-    allowed = [ipaddress.ip_network(n, strict=False) for n in cfg.webhook_allow_ips]
     prefix = STATUS_PATH.rsplit("/", 1)[0]
-
-    def verified(
-        request: Request,
-        token: str = Query("", max_length=256, description="PINGAN_TENCENT__WEBHOOK_TOKEN"),
-    ) -> None:
-        if not secret:
-            raise WebhookRefused(
-                503, "未配置腾讯云短信回调令牌 (PINGAN_TENCENT__WEBHOOK_TOKEN)，不接受回调"
-            )
-        peer = request.client.host if request.client else ""
-        if allowed:
-            try:
-                address = ipaddress.ip_address(peer)
-            except ValueError:
-                address = None
-            if address is None or not any(address in net for net in allowed):
-                log.warning("webhook.address_refused", path=request.url.path, peer=peer)
-                raise WebhookRefused(403, "来源地址不在允许列表中")
-        if not hmac.compare_digest(token.encode(), secret.encode()):
-            log.warning("webhook.bad_token", path=request.url.path)
-            raise WebhookRefused(403, "回调令牌无效")
+    verified = push_guard(settings.tencent, setting="PINGAN_TENCENT__WEBHOOK_TOKEN")
 
     router = APIRouter(
         prefix=prefix,
         tags=["webhooks"],
-        responses=_REFUSALS,
+        responses=REFUSALS,
         dependencies=[Depends(verified)],
     )
 
